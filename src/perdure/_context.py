@@ -1,0 +1,162 @@
+"""The execution context of one running workflow: positions, replay, checkpoints, cancellation.
+
+Every durable operation (step, child workflow, sleep, message, recorded value) takes the next position.
+If the recorded run has an entry at that position, the operation replays it (after checking that it is the
+same operation); otherwise it runs and checkpoints its outcome before the workflow continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import NonDeterminismError, NotLaunchedError, OwnershipLost, WorkflowCancelled
+from .store.base import StepRecord, now_ms
+
+if TYPE_CHECKING:
+    from .runtime import Perdure
+
+T = TypeVar("T")
+
+_current: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVar("perdure_workflow", default=None)
+
+
+def current() -> WorkflowContext | None:
+    return _current.get()
+
+
+def require(what: str) -> WorkflowContext:
+    ctx = _current.get()
+    if ctx is None:
+        raise NotLaunchedError(f"{what} can only be called inside a perdure workflow")
+    return ctx
+
+
+class WorkflowContext:
+    """State of one workflow run in this process."""
+
+    def __init__(
+        self,
+        runtime: Perdure,
+        workflow_id: str,
+        name: str,
+        *,
+        recorded: dict[int, StepRecord],
+        deadline_at: int | None,
+        is_sync: bool,
+    ) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self.executor_id = runtime.executor_id
+        self.workflow_id = workflow_id
+        self.name = name
+        self.recorded = recorded
+        self.deadline_at = deadline_at
+        self.is_sync = is_sync
+        self.loop: asyncio.AbstractEventLoop = runtime.loop
+        self.position = 0
+        self.cancel_reason: str | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.wakeup = threading.Event()  # interrupts a sync workflow's durable sleep on cancel
+        # Async steps currently running, so a cancel can interrupt them.
+        self.inflight: set[asyncio.Task[Any]] = set()
+
+    # -- positions and replay ----------------------------------------------------------------------------
+    def take_position(self) -> tuple[int, StepRecord | None]:
+        self.raise_if_cancelled()
+        pos = self.position
+        self.position += 1
+        return pos, self.recorded.get(pos)
+
+    def peek_recorded(self) -> StepRecord | None:
+        return self.recorded.get(self.position)
+
+    def check_replay(self, pos: int, rec: StepRecord, name: str, args_hash: str | None) -> None:
+        if rec.name != name:
+            raise NonDeterminismError(
+                self.workflow_id, pos, recorded=f"{rec.name!r}", current=f"{name!r}"
+            )
+        if rec.args_hash != args_hash:
+            raise NonDeterminismError(
+                self.workflow_id,
+                pos,
+                recorded=f"{rec.name!r}",
+                current=f"{name!r}",
+                detail="same step, different arguments",
+            )
+
+    async def record(self, record: StepRecord) -> None:
+        outcome = await self.store.step_record(record, self.executor_id)
+        if outcome == "ok":
+            self.recorded[record.step_id] = record
+            return
+        if outcome == "cancelled":
+            self.cancel_reason = self.cancel_reason or "cancelled"
+            raise WorkflowCancelled(self.workflow_id, self.cancel_reason)
+        raise OwnershipLost(
+            f"workflow {self.workflow_id!r}: checkpoint of step {record.step_id} refused ({outcome}); "
+            "another executor owns it now"
+        )
+
+    def step_record(
+        self,
+        pos: int,
+        name: str,
+        *,
+        args_hash: str | None = None,
+        output: str | None = None,
+        error: str | None = None,
+        child_id: str | None = None,
+        attempts: int = 1,
+        started_at: int | None = None,
+    ) -> StepRecord:
+        return StepRecord(
+            workflow_id=self.workflow_id,
+            step_id=pos,
+            name=name,
+            args_hash=args_hash,
+            output=output,
+            error=error,
+            child_id=child_id,
+            attempts=attempts,
+            started_at=started_at if started_at is not None else now_ms(),
+            completed_at=now_ms(),
+        )
+
+    # -- cancellation ------------------------------------------------------------------------------------
+    def raise_if_cancelled(self) -> None:
+        if self.cancel_reason is not None:
+            raise WorkflowCancelled(self.workflow_id, self.cancel_reason)
+
+    def cancel(self, reason: str) -> None:
+        """Called on the loop thread: stop the body at its next durable operation, or now if async."""
+        if self.cancel_reason is not None:
+            return
+        self.cancel_reason = reason
+        self.wakeup.set()
+        for task in list(self.inflight):
+            task.cancel()
+        if not self.is_sync and self.task is not None:
+            self.task.cancel()
+
+    # -- threads -----------------------------------------------------------------------------------------
+    def on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def blocking(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run an engine coroutine from a sync workflow's thread and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def bind(ctx: WorkflowContext) -> contextvars.Token[WorkflowContext | None]:
+    return _current.set(ctx)
+
+
+def unbind(token: contextvars.Token[WorkflowContext | None]) -> None:
+    _current.reset(token)

@@ -1,0 +1,97 @@
+"""Group commit: concurrent writes of one event loop share one transaction.
+
+Every write is queued with a future; a flush is scheduled with `call_soon`, so all workflows that become
+ready in the same loop iteration add their checkpoint before the flush runs. The flush executes the whole
+batch in one transaction and only then resolves the futures: a step is never acknowledged before its
+commit. A backend supplies `run_batch(ops)` that executes and commits, raising `Busy` when the database
+is locked by another process (the batch is then retried with backoff without blocking the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+C = TypeVar("C")
+
+log = logging.getLogger("perdure.store")
+
+
+class Busy(Exception):
+    """The database is locked by someone else right now; try the batch again shortly."""
+
+
+class WriteOp(Generic[C]):
+    """One queued write: `fn(conn)` runs inside the batch transaction."""
+
+    __slots__ = ("atomic", "fn", "future")
+
+    def __init__(self, fn: Callable[[C], Any], future: asyncio.Future[Any], atomic: bool) -> None:
+        self.fn = fn
+        self.future = future
+        self.atomic = atomic
+
+
+class GroupCommitter(Generic[C]):
+    def __init__(self, run_batch: Callable[[list[WriteOp[C]]], None], *, max_batch: int = 512) -> None:
+        self._run_batch = run_batch
+        self._pending: list[WriteOp[C]] = []
+        self._scheduled = False
+        self._backoff = 0.0
+        self._max_batch = max_batch
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.commits = 0
+        self.writes = 0
+        self.busy_retries = 0
+
+    def submit(self, fn: Callable[[C], Any], *, atomic: bool = False) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("a perdure store is bound to the event loop that opened it")
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(WriteOp(fn, fut, atomic))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        try:
+            self._run_batch(batch)
+        except Busy:
+            self._pending[:0] = batch
+            self.busy_retries += 1
+            self._backoff = min(max(self._backoff * 2, 0.0005), 0.05)
+            assert self._loop is not None
+            self._scheduled = True
+            self._loop.call_later(self._backoff * random.uniform(0.5, 1.5), self._flush)
+            return
+        except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
+            log.error("perdure: a write batch failed to commit: %s", exc)
+            for op in batch:
+                if not op.future.done():
+                    op.future.set_exception(exc)
+        else:
+            self.commits += 1
+            self.writes += len(batch)
+        self._backoff = 0.0
+        if self._pending and not self._scheduled:
+            assert self._loop is not None
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def fail_pending(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, []
+        for op in pending:
+            if not op.future.done():
+                op.future.set_exception(exc)
