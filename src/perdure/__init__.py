@@ -5,6 +5,7 @@ survives crashes and restarts and resumes where it stopped.
 """
 
 from ._management import WorkflowHandle
+from .client import Client
 from .errors import (
     ConfigurationError,
     DuplicateEnqueue,
@@ -42,6 +43,7 @@ from .workflows import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Client",
     "ConfigurationError",
     "DuplicateEnqueue",
     "MaxRecoveryAttemptsExceeded",

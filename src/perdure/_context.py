@@ -76,9 +76,7 @@ class WorkflowContext:
 
     def check_replay(self, pos: int, rec: StepRecord, name: str, args_hash: str | None) -> None:
         if rec.name != name:
-            raise NonDeterminismError(
-                self.workflow_id, pos, recorded=f"{rec.name!r}", current=f"{name!r}"
-            )
+            raise NonDeterminismError(self.workflow_id, pos, recorded=f"{rec.name!r}", current=f"{name!r}")
         if rec.args_hash != args_hash:
             raise NonDeterminismError(
                 self.workflow_id,

@@ -114,7 +114,7 @@ class Manager:
             statuses = tuple(WorkflowStatus(s).value for s in status)
         if order not in ("newest", "oldest"):
             raise ConfigurationError(f"order must be 'newest' or 'oldest', got {order!r}")
-        if limit is not None and limit < 0 or offset < 0:
+        if (limit is not None and limit < 0) or offset < 0:
             raise ConfigurationError("limit and offset must not be negative")
         flt = WorkflowFilter(
             status=statuses,

@@ -107,9 +107,7 @@ class DuplicateEnqueue(PerdureError):
     """A workflow with the same deduplication key is already queued or running."""
 
     def __init__(self, queue: str, dedup_key: str, existing_id: str) -> None:
-        super().__init__(
-            f"queue {queue!r} already holds a workflow with dedup_key {dedup_key!r}: {existing_id!r}"
-        )
+        super().__init__(f"queue {queue!r} already holds a workflow with dedup_key {dedup_key!r}: {existing_id!r}")
         self.queue = queue
         self.dedup_key = dedup_key
         self.existing_id = existing_id

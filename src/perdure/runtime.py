@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import _context, _executors
+from ._loopthread import LoopThread
 from ._management import Manager, WorkflowHandle, decode_outcome
 from .errors import (
     ConfigurationError,
@@ -117,7 +118,7 @@ class Perdure(Manager):
         self._max_threads = max_threads
         self._threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
+        self._loop_thread: LoopThread | None = None
         self._running: dict[str, _Run] = {}
         self._changed: dict[str, list[asyncio.Future[None]]] = {}
         self._maintenance: asyncio.Task[None] | None = None
@@ -148,9 +149,7 @@ class Perdure(Manager):
             if self._launched:
                 raise ConfigurationError("this runtime is already launched")
             if _active is not None:
-                raise ConfigurationError(
-                    "another perdure runtime is already launched in this process; one per process"
-                )
+                raise ConfigurationError("another perdure runtime is already launched in this process; one per process")
             _active = self
         try:
             self._loop = asyncio.get_running_loop()
@@ -211,34 +210,20 @@ class Perdure(Manager):
 
     def launch_sync(self) -> None:
         """Launch on a private event loop in a background thread, for sync programs."""
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        thread = threading.Thread(target=run, name="perdure-loop", daemon=True)
-        thread.start()
-        ready.wait()
+        runner = LoopThread("perdure-loop")
         try:
-            asyncio.run_coroutine_threadsafe(self.launch(), loop).result()
+            runner.run(self.launch())
         except BaseException:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-            loop.close()
+            runner.stop()
             raise
-        self._loop_thread = thread
+        self._loop_thread = runner
 
     def shutdown_sync(self) -> None:
-        thread, loop = self._loop_thread, self._loop
-        if thread is None or loop is None:
+        runner = self._loop_thread
+        if runner is None:
             raise ConfigurationError("shutdown_sync() is for a runtime started with launch_sync() / `with`")
-        asyncio.run_coroutine_threadsafe(self.shutdown(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
+        runner.run(self.shutdown())
+        runner.stop()
         self._loop_thread = None
         self._loop = None
 
@@ -289,11 +274,18 @@ class Perdure(Manager):
         defn = workflow_def_of(fn)
         ctx = _context.current()
         if ctx is not None:
-            return await self._on_loop(self.start_child(ctx, defn, args, kwargs, workflow_id=workflow_id, timeout=timeout))
+            return await self._on_loop(
+                self.start_child(ctx, defn, args, kwargs, workflow_id=workflow_id, timeout=timeout)
+            )
         return await self._on_loop(self._start(defn, args, kwargs, workflow_id=workflow_id, timeout=timeout))
 
     def start_sync(
-        self, fn: Callable[..., Any], *args: Any, workflow_id: str | None = None, timeout: float | None = None, **kwargs: Any
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        workflow_id: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
     ) -> WorkflowHandle:
         return self.call_blocking(self.start(fn, *args, workflow_id=workflow_id, timeout=timeout, **kwargs))
 
@@ -397,13 +389,17 @@ class Perdure(Manager):
         await self._start(defn, args, kwargs, workflow_id=child_id, parent=ctx)
         final = await self._wait_child(ctx, child_id)
         if final.status == WorkflowStatus.SUCCESS:
-            await ctx.record(ctx.step_record(pos, defn.name, output=final.output, child_id=child_id, started_at=started))
+            await ctx.record(
+                ctx.step_record(pos, defn.name, output=final.output, child_id=child_id, started_at=started)
+            )
             return defn.codec.load_result(final.output)
         try:
             decode_outcome(final)
         except Exception as exc:
             await ctx.record(
-                ctx.step_record(pos, defn.name, error=final.error or dump_error(exc), child_id=child_id, started_at=started)
+                ctx.step_record(
+                    pos, defn.name, error=final.error or dump_error(exc), child_id=child_id, started_at=started
+                )
             )
             raise
         raise AssertionError("unreachable")
@@ -487,7 +483,9 @@ class Perdure(Manager):
             run.done.set_result(outcome)
         self._notify_changed(wid)
 
-    async def _finish(self, ctx: _context.WorkflowContext, status: str, output: str | None, value: Any) -> tuple[str, Any]:
+    async def _finish(
+        self, ctx: _context.WorkflowContext, status: str, output: str | None, value: Any
+    ) -> tuple[str, Any]:
         error = dump_error(value) if status == "ERROR" else None
         try:
             result = await self._store.workflow_finish(ctx.workflow_id, self.executor_id, status, output, error)
@@ -497,7 +495,9 @@ class Perdure(Manager):
             return (status, value)
         if result == "cancelled":
             return ("CANCELLED", None)
-        log.warning("perdure: outcome of workflow %s not written (%s); another executor owns it", ctx.workflow_id, result)
+        log.warning(
+            "perdure: outcome of workflow %s not written (%s); another executor owns it", ctx.workflow_id, result
+        )
         return ("LOST", None)
 
     def _run_sync_body(
@@ -609,12 +609,22 @@ class Perdure(Manager):
         defn = registered_workflows().get(source.name)
         if defn is None:
             record = await self._store.workflow_fork(
-                workflow_id, new_id, from_step, executor_id=None, queue_name=INTERNAL_QUEUE, app_version=self.app_version
+                workflow_id,
+                new_id,
+                from_step,
+                executor_id=None,
+                queue_name=INTERNAL_QUEUE,
+                app_version=self.app_version,
             )
             self._wake_queue()
         else:
             record = await self._store.workflow_fork(
-                workflow_id, new_id, from_step, executor_id=self.executor_id, queue_name=None, app_version=self.app_version
+                workflow_id,
+                new_id,
+                from_step,
+                executor_id=self.executor_id,
+                queue_name=None,
+                app_version=self.app_version,
             )
             await self._dispatch_stored(defn, record)
         return WorkflowHandle(record.workflow_id, self)
@@ -683,7 +693,9 @@ class Perdure(Manager):
             if record.recovery_attempts > limit:
                 log.error(
                     "perdure: workflow %s (%s) was recovered %d times without finishing; marking it RETRIES_EXCEEDED",
-                    record.workflow_id, record.name, record.recovery_attempts - 1,
+                    record.workflow_id,
+                    record.name,
+                    record.recovery_attempts - 1,
                 )
                 err = dump_error(RuntimeError(f"recovered {record.recovery_attempts - 1} times without finishing"))
                 await self._store.workflow_set_status(record.workflow_id, WorkflowStatus.RETRIES_EXCEEDED, error=err)
@@ -692,7 +704,11 @@ class Perdure(Manager):
             log.info("perdure: recovering workflow %s (%s) from %s", record.workflow_id, record.name, dead)
             await self._dispatch_stored(defn, record)
         for owner in dead:
-            if owner != self.executor_id and owner in executors and owner not in await self._store.workflow_active_executors():
+            if (
+                owner != self.executor_id
+                and owner in executors
+                and owner not in await self._store.workflow_active_executors()
+            ):
                 await self._store.executor_remove(owner)
         return len(claimed)
 

@@ -126,8 +126,8 @@ class FunctionCodec:
 
     def load_args(self, text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if self.serializer == "pickle":
-            args, kwargs = load_value(text, None, "pickle", "arguments")
-            return tuple(args), dict(kwargs)
+            p_args, p_kwargs = load_value(text, None, "pickle", "arguments")
+            return tuple(p_args), dict(p_kwargs)
         raw = json.loads(text)
         args: list[Any] = []
         kwargs: dict[str, Any] = {}

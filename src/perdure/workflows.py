@@ -226,7 +226,9 @@ def step(
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         is_async = inspect.iscoroutinefunction(f)
         if timeout is not None and not is_async:
-            raise ConfigurationError(f"step {f.__qualname__}: timeout= needs an async step (a thread cannot be stopped)")
+            raise ConfigurationError(
+                f"step {f.__qualname__}: timeout= needs an async step (a thread cannot be stopped)"
+            )
         defn = StepDef(name or f.__qualname__, f, is_async, FunctionCodec(f, check_serializer(serializer)), options)
         if is_async:
 
@@ -331,7 +333,9 @@ async def run_step(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
     except Exception as exc:
         ctx.raise_if_cancelled()
         attempts = getattr(exc, "__perdure_attempts__", 1)
-        await ctx.record(ctx.step_record(pos, defn.name, args_hash=h, error=dump_error(exc), attempts=attempts, started_at=started))
+        await ctx.record(
+            ctx.step_record(pos, defn.name, args_hash=h, error=dump_error(exc), attempts=attempts, started_at=started)
+        )
         raise
     output = defn.codec.dump_result(result)
     await ctx.record(ctx.step_record(pos, defn.name, args_hash=h, output=output, started_at=started))
@@ -349,7 +353,9 @@ def _run_step_sync(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
     except Exception as exc:
         ctx.raise_if_cancelled()
         attempts = getattr(exc, "__perdure_attempts__", 1)
-        record = ctx.step_record(pos, defn.name, args_hash=h, error=dump_error(exc), attempts=attempts, started_at=started)
+        record = ctx.step_record(
+            pos, defn.name, args_hash=h, error=dump_error(exc), attempts=attempts, started_at=started
+        )
         ctx.blocking(ctx.record(record))
         raise
     output = defn.codec.dump_result(result)
@@ -360,7 +366,9 @@ def _run_step_sync(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
 # -- recorded values ------------------------------------------------------------------------------------
 
 
-async def record_value(name: str, produce: Callable[[], Any], dump: Callable[[Any], str], load: Callable[[str], Any]) -> Any:
+async def record_value(
+    name: str, produce: Callable[[], Any], dump: Callable[[Any], str], load: Callable[[str], Any]
+) -> Any:
     """Run `produce` once per workflow position and replay its recorded value afterwards."""
     ctx = _context.require(name)
     pos, rec = ctx.take_position()

@@ -262,7 +262,9 @@ class SQLiteStore:
         sql = q.WORKFLOW_SELECT
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, workflow_id DESC" if flt.newest_first else " ORDER BY created_at, workflow_id"
+        sql += (
+            " ORDER BY created_at DESC, workflow_id DESC" if flt.newest_first else " ORDER BY created_at, workflow_id"
+        )
         sql += " LIMIT ? OFFSET ?"
         params.extend([flt.limit if flt.limit is not None else -1, flt.offset])
         return [WorkflowRecord(**dict(r)) for r in self._read_all(sql, params)]
@@ -351,9 +353,7 @@ class SQLiteStore:
             return 0
 
         def op(conn: sqlite3.Connection) -> int:
-            sql = q.WORKFLOW_DELETE.format(
-                ids=_placeholders(len(workflow_ids)), terminal=_in_list(TERMINAL_STATUSES)
-            )
+            sql = q.WORKFLOW_DELETE.format(ids=_placeholders(len(workflow_ids)), terminal=_in_list(TERMINAL_STATUSES))
             return conn.execute(sql, tuple(workflow_ids)).rowcount
 
         return await self._write(op)

@@ -38,9 +38,7 @@ WORKFLOW_CANCEL_ONE = (
 )
 WORKFLOW_CANCEL_TREE = (
     "WITH RECURSIVE tree(id) AS (SELECT ?1 UNION SELECT w.workflow_id FROM workflows w JOIN tree "
-    "ON w.parent_id = tree.id) "
-    + _CANCEL_SET
-    + " WHERE workflow_id IN (SELECT id FROM tree) AND status NOT IN "
+    "ON w.parent_id = tree.id) " + _CANCEL_SET + " WHERE workflow_id IN (SELECT id FROM tree) AND status NOT IN "
     "('SUCCESS', 'ERROR', 'CANCELLED', 'RETRIES_EXCEEDED') RETURNING workflow_id"
 )
 WORKFLOW_RESUME = f"""
@@ -48,7 +46,7 @@ UPDATE workflows SET status = ?, executor_id = ?, queue_name = ?, recovery_attem
     deadline_at = CASE WHEN timeout_ms IS NULL THEN NULL ELSE ? + timeout_ms END,
     output = NULL, error = NULL, completed_at = NULL, updated_at = ?
 WHERE workflow_id = ? AND status IN ({{resumable}})
-RETURNING {', '.join(WORKFLOW_COLUMNS)}
+RETURNING {", ".join(WORKFLOW_COLUMNS)}
 """
 WORKFLOW_FORK = """
 INSERT INTO workflows (workflow_id, name, status, inputs, serializer, executor_id, app_version, forked_from,
@@ -71,7 +69,7 @@ WHERE workflow_id IN (
       AND (? = 1 OR app_version IS ? OR app_version IS NULL)
     ORDER BY created_at LIMIT ?
 )
-RETURNING {', '.join(WORKFLOW_COLUMNS)}
+RETURNING {", ".join(WORKFLOW_COLUMNS)}
 """
 WORKFLOW_ACTIVE_EXECUTORS = (
     "SELECT DISTINCT executor_id FROM workflows WHERE status = 'PENDING' AND executor_id IS NOT NULL"
@@ -87,7 +85,7 @@ WHERE workflow_id IN (
       AND name IN ({{names}})
     ORDER BY priority, created_at LIMIT ?
 )
-RETURNING {', '.join(WORKFLOW_COLUMNS)}
+RETURNING {", ".join(WORKFLOW_COLUMNS)}
 """
 
 STEP_COLUMNS = (
@@ -95,15 +93,15 @@ STEP_COLUMNS = (
     "started_at", "completed_at",
 )  # fmt: skip
 STEP_INSERT_GUARDED = f"""
-INSERT INTO steps ({', '.join(STEP_COLUMNS)})
+INSERT INTO steps ({", ".join(STEP_COLUMNS)})
 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
 WHERE EXISTS (SELECT 1 FROM workflows WHERE workflow_id = ? AND status = 'PENDING' AND executor_id = ?)
 ON CONFLICT (workflow_id, step_id) DO NOTHING
 """
 STEP_LIST = f"SELECT {', '.join(STEP_COLUMNS)} FROM steps WHERE workflow_id = ? ORDER BY step_id"
 STEP_COPY = f"""
-INSERT INTO steps ({', '.join(STEP_COLUMNS)})
-SELECT ?, {', '.join(STEP_COLUMNS[1:])} FROM steps WHERE workflow_id = ? AND step_id < ?
+INSERT INTO steps ({", ".join(STEP_COLUMNS)})
+SELECT ?, {", ".join(STEP_COLUMNS[1:])} FROM steps WHERE workflow_id = ? AND step_id < ?
 """
 STEP_DELETE_LAST_ERROR = """
 DELETE FROM steps WHERE workflow_id = ? AND error IS NOT NULL
@@ -111,7 +109,7 @@ DELETE FROM steps WHERE workflow_id = ? AND error IS NOT NULL
 """
 
 EXECUTOR_UPSERT = f"""
-INSERT INTO executors ({', '.join(EXECUTOR_COLUMNS)}) VALUES ({', '.join('?' * len(EXECUTOR_COLUMNS))})
+INSERT INTO executors ({", ".join(EXECUTOR_COLUMNS)}) VALUES ({", ".join("?" * len(EXECUTOR_COLUMNS))})
 ON CONFLICT (executor_id) DO UPDATE SET host_key = excluded.host_key, hostname = excluded.hostname,
     pid = excluded.pid, pid_started = excluded.pid_started, app_version = excluded.app_version,
     started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at
