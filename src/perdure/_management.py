@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Coroutine, Sequence
 from datetime import datetime, timedelta
@@ -11,9 +10,13 @@ from typing import Any, Literal, TypeVar
 from .errors import ConfigurationError, MaxRecoveryAttemptsExceeded, WorkflowCancelled, WorkflowNotFound
 from .serialization import load_error
 from .store.base import Store, WorkflowFilter, WorkflowRecord, WorkflowStatus
+from .store.notify import workflow_key
 from .workflows import StepInfo, WorkflowInfo, registered_workflows
 
 T = TypeVar("T")
+
+SAFETY_RECHECK = 2.0
+"""Seconds between re-checks while waiting on a store that notifies: a guard against a lost notification."""
 
 
 def _ms(value: datetime | float | None, what: str) -> int | None:
@@ -76,14 +79,16 @@ class Manager:
                 return rec
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout}s")
-            wait = min(delay, self.poll_interval)
+            # Other processes' outcomes arrive by NOTIFY where the store has it; else re-check often.
+            ceiling = SAFETY_RECHECK if self.store.notifies_other_processes else self.poll_interval
+            wait = min(delay, ceiling)
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
             await self._wait_for_change(workflow_id, wait)
             delay *= 2
 
     async def _wait_for_change(self, workflow_id: str, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+        await self.store.notifier.wait(workflow_key(workflow_id), seconds)
 
     async def _result(self, workflow_id: str, timeout: float | None) -> Any:
         return decode_outcome(await self._wait_terminal(workflow_id, timeout))

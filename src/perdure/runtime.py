@@ -40,6 +40,7 @@ from .store.base import (
     WorkflowStatus,
     now_ms,
 )
+from .store.notify import workflow_key
 from .workflows import WorkflowDef, registered_workflows, workflow_def_of
 
 T = TypeVar("T")
@@ -120,7 +121,6 @@ class Perdure(Manager):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: LoopThread | None = None
         self._running: dict[str, _Run] = {}
-        self._changed: dict[str, list[asyncio.Future[None]]] = {}
         self._maintenance: asyncio.Task[None] | None = None
         self._queue_wakeup: asyncio.Event | None = None
         self._launched = False
@@ -335,12 +335,20 @@ class Perdure(Manager):
             deadline_at=deadline,
         )
         outcome = await self._store.workflow_insert(record)
+        existing = outcome.record
         if outcome.inserted:
             self._dispatch(defn, record, args, kwargs, recorded={})
-        elif outcome.record.name != defn.name:
+        elif existing.name != defn.name:
             raise WorkflowConflictError(
-                f"workflow id {wid!r} is already used by a run of {outcome.record.name!r}, not {defn.name!r}"
+                f"workflow id {wid!r} is already used by a run of {existing.name!r}, not {defn.name!r}"
             )
+        elif (
+            existing.status == WorkflowStatus.PENDING
+            and existing.executor_id == self.executor_id
+            and wid not in self._running
+        ):
+            # Ours, yet nobody here runs it: our own insert whose commit answer was lost and retried.
+            await self._dispatch_stored(defn, existing)
         return WorkflowHandle(wid, self)
 
     async def run_direct(self, defn: WorkflowDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -540,23 +548,7 @@ class Perdure(Manager):
         return decode_outcome(await self._wait_terminal(workflow_id, timeout))
 
     def _notify_changed(self, workflow_id: str) -> None:
-        for fut in self._changed.pop(workflow_id, ()):
-            if not fut.done():
-                fut.set_result(None)
-
-    async def _wait_for_change(self, workflow_id: str, seconds: float) -> None:
-        fut: asyncio.Future[None] = self.loop.create_future()
-        self._changed.setdefault(workflow_id, []).append(fut)
-        try:
-            await asyncio.wait_for(fut, seconds)
-        except TimeoutError:
-            pass
-        finally:
-            waiters = self._changed.get(workflow_id)
-            if waiters is not None and fut in waiters:
-                waiters.remove(fut)
-                if not waiters:
-                    del self._changed[workflow_id]
+        self._store.notifier.fire([workflow_key(workflow_id)])
 
     # -- management --------------------------------------------------------------------------------------
     async def cancel(self, workflow_id: str) -> None:

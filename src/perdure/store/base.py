@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from .notify import Notifier
+
 
 class WorkflowStatus(enum.StrEnum):
     """Where a workflow is in its life. See docs/concepts.md for the state machine."""
@@ -155,6 +157,10 @@ class Store(Protocol):
 
     url: str
     stats: StoreStats
+    notifier: Notifier
+    """Wakes waiters in this process after writes commit."""
+    notifies_other_processes: bool
+    """Whether other processes' waiters are woken too (PostgreSQL NOTIFY); if not, they poll."""
 
     async def open(self) -> None:
         """Connect, create or migrate the schema; refuse a database newer than this code."""

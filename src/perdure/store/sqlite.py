@@ -35,6 +35,7 @@ from .base import (
     WorkflowRecord,
     now_ms,
 )
+from .notify import Notifier, workflow_key
 from .queries import sqlite as q
 
 T = TypeVar("T")
@@ -96,6 +97,8 @@ class SQLiteStore:
         self.synchronous = options["synchronous"]
         self.busy_timeout_ms = int(options.get("busy_timeout", "10000"))
         self.stats = StoreStats()
+        self.notifier = Notifier()
+        self.notifies_other_processes = False
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._committer: GroupCommitter[sqlite3.Connection] = GroupCommitter(self._run_batch)
@@ -279,7 +282,9 @@ class SQLiteStore:
                 return "ok"
             return _why_not(conn, workflow_id, executor_id)
 
-        return await self._write(op)
+        outcome = await self._write(op)
+        self.notifier.fire([workflow_key(workflow_id)])
+        return outcome
 
     async def workflow_cancel(self, workflow_id: str, *, with_children: bool = True) -> list[str]:
         def op(conn: sqlite3.Connection) -> list[str]:
@@ -289,7 +294,9 @@ class SQLiteStore:
             sql = q.WORKFLOW_CANCEL_TREE if with_children else q.WORKFLOW_CANCEL_ONE
             return [r[0] for r in conn.execute(sql, (workflow_id, t, t)).fetchall()]
 
-        return await self._write(op)
+        ids = await self._write(op)
+        self.notifier.fire(workflow_key(i) for i in ids)
+        return ids
 
     async def workflow_resume(
         self, workflow_id: str, *, executor_id: str | None, queue_name: str | None
@@ -347,6 +354,7 @@ class SQLiteStore:
             conn.execute(q.WORKFLOW_SET_STATUS, (status, error, t, completed, workflow_id))
 
         await self._write(op)
+        self.notifier.fire([workflow_key(workflow_id)])
 
     async def workflow_delete(self, workflow_ids: list[str]) -> int:
         if not workflow_ids:
@@ -432,8 +440,11 @@ class SQLiteStore:
             if conn.execute(q.STEP_INSERT_GUARDED, values).rowcount == 1:
                 return "ok"
             why = _why_not(conn, record.workflow_id, executor_id)
-            if why == "ok":  # the workflow is ours and running: the position was already taken
-                return "conflict"
+            if why == "ok":
+                # The workflow is ours and running, so the position was taken by this executor: a write
+                # retried after a commit whose answer was lost is "ok" if it is the same operation.
+                row = conn.execute(q.STEP_NAME, (record.workflow_id, record.step_id)).fetchone()
+                return "ok" if row is not None and row[0] == record.name else "conflict"
             return why
 
         return await self._write(op)

@@ -26,8 +26,8 @@ WORKFLOW_INSERT = (
     f"VALUES ({', '.join('?' * len(WORKFLOW_COLUMNS))}) ON CONFLICT (workflow_id) DO NOTHING"
 )
 WORKFLOW_FINISH = """
-UPDATE workflows SET status = ?, output = ?, error = ?, completed_at = ?, updated_at = ?, dedup_key = NULL
-WHERE workflow_id = ? AND status = 'PENDING' AND executor_id = ?
+UPDATE workflows SET status = ?1, output = ?2, error = ?3, completed_at = ?4, updated_at = ?5, dedup_key = NULL
+WHERE workflow_id = ?6 AND executor_id = ?7 AND (status = 'PENDING' OR status = ?1)
 """
 _CANCEL_SET = """
 UPDATE workflows SET status = 'CANCELLED', updated_at = ?2, completed_at = ?3, dedup_key = NULL
@@ -98,6 +98,7 @@ SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
 WHERE EXISTS (SELECT 1 FROM workflows WHERE workflow_id = ? AND status = 'PENDING' AND executor_id = ?)
 ON CONFLICT (workflow_id, step_id) DO NOTHING
 """
+STEP_NAME = "SELECT name FROM steps WHERE workflow_id = ? AND step_id = ?"
 STEP_LIST = f"SELECT {', '.join(STEP_COLUMNS)} FROM steps WHERE workflow_id = ? ORDER BY step_id"
 STEP_COPY = f"""
 INSERT INTO steps ({", ".join(STEP_COLUMNS)})

@@ -1,0 +1,49 @@
+"""Wake-ups: a waiter sleeps on a key until something that may concern it changed.
+
+Keys name what changed: `wf:<id>` (a workflow reached a terminal status), later `msg:<id>`, `evt:<id>`,
+`stream:<id>`, `queue:<name>`. A store fires keys locally after each write commits, so waiters in the
+same process wake at once; PostgreSQL also sends them with NOTIFY to every other process. A store whose
+backend cannot notify other processes (SQLite) says so, and waiters there re-check on a short interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+
+def workflow_key(workflow_id: str) -> str:
+    return f"wf:{workflow_id}"
+
+
+class Notifier:
+    """Futures keyed by what they wait for. Loop-bound: call from the store's event loop."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def fire(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            for fut in self._waiters.pop(key, ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def wait(self, key: str, timeout: float) -> bool:
+        """True when woken by `fire(key)`, False when `timeout` passed first."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, set()).add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._waiters[key]
+
+    @property
+    def watched(self) -> int:
+        return len(self._waiters)
