@@ -234,8 +234,9 @@ def load_error(text: str) -> BaseException:
         try:
             exc = cls(*stored.args)
         except Exception:
-            exc = None
-        if exc is not None:
-            exc.__notes__ = [f"(re-raised by perdure; original traceback:)\n{stored.traceback}"]
-            return exc
+            # A constructor with another signature: make the instance without calling it (no user code runs).
+            exc = cls.__new__(cls, *stored.args)
+            exc.args = tuple(stored.args)
+        exc.__notes__ = [f"(re-raised by perdure; original traceback:)\n{stored.traceback}"]
+        return exc
     return WorkflowError(stored.type, stored.message, stored.traceback, module=stored.module)

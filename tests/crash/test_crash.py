@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from perdure import Client, WorkflowNotFound
 
 pytestmark = pytest.mark.crash
 
@@ -51,16 +52,15 @@ class Crashlab:
         return path.read_text().split() if path.exists() else []
 
     def steps(self, wid: str) -> list[tuple[int, str, str | None]]:
-        path = self.db_url.removeprefix("sqlite:///")
-        with sqlite3.connect(path) as conn:
-            return conn.execute(
-                "SELECT step_id, name, output FROM steps WHERE workflow_id = ? ORDER BY step_id", (wid,)
-            ).fetchall()
+        with Client(self.db_url) as client:
+            try:
+                return [(s.step_id, s.name, s.output) for s in client.list_steps_sync(wid)]
+            except WorkflowNotFound:
+                return []
 
     def status(self, wid: str) -> str:
-        path = self.db_url.removeprefix("sqlite:///")
-        with sqlite3.connect(path) as conn:
-            return conn.execute("SELECT status FROM workflows WHERE workflow_id = ?", (wid,)).fetchone()[0]
+        with Client(self.db_url) as client:
+            return client.get_workflow_sync(wid).status.value
 
 
 @pytest.fixture
@@ -94,7 +94,9 @@ def test_kill_during_durable_sleep_sleeps_only_the_rest(lab: Crashlab) -> None:
     proc = lab.spawn("sleep", "w-sleep", "start")
     deadline = time.monotonic() + 30
     # Wait for the event "the wake-up time is checkpointed", read from the database itself.
-    while not any(name == "perdure.sleep" for _, name, _ in (lab.steps("w-sleep") if (lab.dir / "sleeping").exists() else [])):
+    while not any(
+        name == "perdure.sleep" for _, name, _ in (lab.steps("w-sleep") if (lab.dir / "sleeping").exists() else [])
+    ):
         assert time.monotonic() < deadline, "the workflow never reached its sleep"
         assert proc.poll() is None
         time.sleep(0.005)

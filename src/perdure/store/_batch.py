@@ -95,3 +95,50 @@ class GroupCommitter(Generic[C]):
         for op in pending:
             if not op.future.done():
                 op.future.set_exception(exc)
+
+
+class AsyncGroupCommitter(Generic[C]):
+    """Group commit for a backend whose batch runs asynchronously (one batch in flight at a time).
+
+    While a batch is committing, new writes gather; the next batch takes all of them.
+    `run_batch(ops)` executes and commits the ops and resolves their futures.
+    """
+
+    def __init__(self, run_batch: Callable[[list[WriteOp[C]]], Any], *, max_batch: int = 512) -> None:
+        self._run_batch = run_batch
+        self._pending: list[WriteOp[C]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._max_batch = max_batch
+
+    def submit(self, fn: Callable[[C], Any], *, atomic: bool = False) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(WriteOp(fn, fut, atomic))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return fut
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let every writer that is ready in this loop iteration join the batch
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    await self._run_batch(batch)
+                except BaseException as exc:
+                    for op in batch:
+                        if not op.future.done():
+                            op.future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+        finally:
+            self._flusher = None
+
+    def fail_pending(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, []
+        for op in pending:
+            if not op.future.done():
+                op.future.set_exception(exc)
+        if self._flusher is not None:
+            self._flusher.cancel()

@@ -28,6 +28,10 @@ class Notifier:
                 if not fut.done():
                     fut.set_result(None)
 
+    def fire_all(self) -> None:
+        """Wake every waiter (after notifications may have been missed): each re-checks its condition."""
+        self.fire(list(self._waiters))
+
     async def wait(self, key: str, timeout: float) -> bool:
         """True when woken by `fire(key)`, False when `timeout` passed first."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

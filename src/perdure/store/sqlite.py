@@ -16,11 +16,11 @@ import asyncio
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
-from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigurationError, SchemaVersionError, WorkflowNotFound
+from . import migrations
 from ._batch import Busy, GroupCommitter, WriteOp
 from .base import (
     RESUMABLE_STATUSES,
@@ -43,16 +43,7 @@ T = TypeVar("T")
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("perdure.store.migrations").joinpath("sqlite")
-    out = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            out.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
-    return sorted(out)
-
-
-MIGRATIONS = _migrations()
+MIGRATIONS = migrations.load("sqlite")
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 
@@ -145,7 +136,7 @@ class SQLiteStore:
                 )
             for version, sql in MIGRATIONS:
                 if version > current:
-                    for statement in _split_sql(sql):
+                    for statement in migrations.split_sql(sql):
                         conn.execute(statement)
                     conn.execute(q.SCHEMA_VERSION_SET, (version, now_ms()))
             conn.execute("COMMIT")
@@ -484,20 +475,3 @@ def _why_not(conn: sqlite3.Connection, workflow_id: str, executor_id: str) -> Gu
 def _in_list(values: tuple[str, ...]) -> str:
     # Fixed internal constants only (status names), never user input.
     return ",".join(f"'{v}'" for v in values)
-
-
-def _split_sql(script: str) -> list[str]:
-    statements, buf = [], []
-    for line in script.splitlines():
-        if line.strip().startswith("--"):
-            continue
-        buf.append(line)
-        if line.rstrip().endswith(";"):
-            stmt = "\n".join(buf).strip()
-            if stmt.strip(";"):
-                statements.append(stmt)
-            buf = []
-    tail = "\n".join(buf).strip()
-    if tail:
-        statements.append(tail)
-    return statements
