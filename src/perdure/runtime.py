@@ -69,6 +69,8 @@ class _Run:
     ctx: _context.WorkflowContext
     done: asyncio.Future[tuple[str, Any]]
     timer: asyncio.TimerHandle | None = None
+    insert: asyncio.Task[Any] | None = None
+    """The row's insert when the body started before it committed (a direct call with a fresh id)."""
 
 
 def _check_workflow_id(workflow_id: object) -> str:
@@ -307,6 +309,7 @@ class Perdure(Manager):
         workflow_id: str | None = None,
         timeout: float | None = None,
         parent: _context.WorkflowContext | None = None,
+        optimistic: bool = False,
     ) -> WorkflowHandle:
         if not self._launched:
             raise NotLaunchedError("the perdure runtime is not launched (or was shut down)")
@@ -334,6 +337,13 @@ class Perdure(Manager):
             timeout_ms=timeout_ms,
             deadline_at=deadline,
         )
+        if optimistic and workflow_id is None:
+            # A fresh id cannot conflict, and the caller only hears back after the outcome commits, so
+            # the body need not wait for the insert: it is queued first, and every checkpoint after it
+            # shares its commit or a later one. An empty workflow costs one commit instead of two.
+            insert = self.loop.create_task(self._store.workflow_insert(record))
+            self._dispatch(defn, record, args, kwargs, recorded={}, insert=insert)
+            return WorkflowHandle(wid, self)
         outcome = await self._store.workflow_insert(record)
         existing = outcome.record
         if outcome.inserted:
@@ -353,8 +363,8 @@ class Perdure(Manager):
 
     async def run_direct(self, defn: WorkflowDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         async def go() -> Any:
-            handle = await self._start(defn, args, kwargs)
-            return await self._result(handle.workflow_id, None)
+            handle = await self._start(defn, args, kwargs, optimistic=True)
+            return await self._result_here(handle.workflow_id, None)
 
         return await self._on_loop(go())
 
@@ -427,6 +437,7 @@ class Perdure(Manager):
         kwargs: dict[str, Any],
         *,
         recorded: dict[int, Any],
+        insert: asyncio.Task[Any] | None = None,
     ) -> None:
         wid = record.workflow_id
         if wid in self._running:
@@ -435,7 +446,7 @@ class Perdure(Manager):
             self, wid, defn.name, recorded=recorded, deadline_at=record.deadline_at, is_sync=not defn.is_async
         )
         loop = self.loop
-        run = _Run(ctx, loop.create_future())
+        run = _Run(ctx, loop.create_future(), insert=insert)
         self._running[wid] = run
         task = loop.create_task(self._execute(run, defn, args, kwargs), name=f"perdure:{wid}")
         ctx.task = task
@@ -469,15 +480,20 @@ class Perdure(Manager):
                 outcome = ("LOST", None)
             except Exception as exc:
                 ctx.task = None
-                outcome = await self._finish(ctx, "ERROR", None, exc)
+                outcome = await self._finish(run, "ERROR", None, exc)
             else:
                 ctx.task = None
                 try:
                     output = defn.codec.dump_result(value)
                 except SerializationError as exc:
-                    outcome = await self._finish(ctx, "ERROR", None, exc)
+                    outcome = await self._finish(run, "ERROR", None, exc)
                 else:
-                    outcome = await self._finish(ctx, "SUCCESS", output, value)
+                    outcome = await self._finish(run, "SUCCESS", output, value)
+            if run.insert is not None:
+                try:
+                    await run.insert
+                except Exception as exc:  # the workflow was never recorded: its caller gets the reason
+                    outcome = ("ERROR", exc)
         except asyncio.CancelledError:
             if not run.done.done():
                 run.done.set_result(("LOST", None))
@@ -491,13 +507,17 @@ class Perdure(Manager):
             run.done.set_result(outcome)
         self._notify_changed(wid)
 
-    async def _finish(
-        self, ctx: _context.WorkflowContext, status: str, output: str | None, value: Any
-    ) -> tuple[str, Any]:
+    async def _finish(self, run: _Run, status: str, output: str | None, value: Any) -> tuple[str, Any]:
+        ctx = run.ctx
         error = dump_error(value) if status == "ERROR" else None
+        finish = self._store.workflow_finish(ctx.workflow_id, self.executor_id, status, output, error)
         try:
-            result = await self._store.workflow_finish(ctx.workflow_id, self.executor_id, status, output, error)
-        except asyncio.CancelledError:
+            # Awaited directly (not gathered) so the write is queued in this loop iteration and can share
+            # the commit of an insert queued just before it.
+            result = await finish
+        except Exception:
+            if run.insert is not None and run.insert.done() and run.insert.exception() is not None:
+                return ("ERROR", run.insert.exception())
             raise
         if result == "ok":
             return (status, value)
