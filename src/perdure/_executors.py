@@ -5,7 +5,10 @@ namespace), pid and the pid's start time, and refreshes a heartbeat. Another exe
 - it has no row (it shut down, leaving PENDING work), or
 - it runs on this same host and its pid is gone, a zombie, or now a different process: known at once, so a
   restarted process recovers its predecessor's work immediately, without waiting for a lease; or
-- its heartbeat is older than the lease (other hosts).
+- its heartbeat is older than the lease (any host: this also catches a hung or frozen process).
+
+`PERDURE_HOST_ID` overrides the host part of the key, for setups where hostname, boot id and pid
+namespace do not tell hosts apart.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ def _read(path: str) -> str | None:
 
 @cache
 def host_key() -> str:
+    override = os.environ.get("PERDURE_HOST_ID")
+    if override:
+        return override
     boot = _read("/proc/sys/kernel/random/boot_id") or "noboot"
     try:
         ns = str(os.stat("/proc/self/ns/pid").st_ino)
@@ -86,8 +92,8 @@ def this_executor(executor_id: str, app_version: str | None) -> ExecutorRecord:
 
 
 def is_dead(record: ExecutorRecord, lease_ms: int, now: int | None = None) -> bool:
-    if record.host_key == host_key():
-        return not local_process_alive(record.pid, record.pid_started)
+    if record.host_key == host_key() and not local_process_alive(record.pid, record.pid_started):
+        return True
     return (now if now is not None else now_ms()) - record.heartbeat_at > lease_ms
 
 

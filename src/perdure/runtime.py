@@ -740,16 +740,23 @@ class Perdure(Manager):
         """Heartbeat, takeover of dead executors, remote cancellations, internal queue."""
         assert self._queue_wakeup is not None
         last_heartbeat = now_ms()
+        tick = min(self.maintenance_interval, self.lease_ms / 3000)
         while True:
             try:
-                await asyncio.wait_for(self._queue_wakeup.wait(), self.maintenance_interval)
+                await asyncio.wait_for(self._queue_wakeup.wait(), tick)
             except TimeoutError:
                 pass
             self._queue_wakeup.clear()
             try:
                 now = now_ms()
                 if now - last_heartbeat >= self.lease_ms / 3:
-                    await self._store.executor_heartbeat(self.executor_id)
+                    if not await self._store.executor_heartbeat(self.executor_id):
+                        # We were silent past the lease and declared dead (our work was taken over and our
+                        # row removed); come back as a live executor so new work is not taken from us.
+                        log.warning("perdure: executor %s was presumed dead; registering again", self.executor_id)
+                        await self._store.executor_register(
+                            _executors.this_executor(self.executor_id, self.app_version)
+                        )
                     last_heartbeat = now
                 await self._recover(include_self=False)
                 await self._claim_internal_queue()

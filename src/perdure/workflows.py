@@ -270,12 +270,21 @@ def _check_step_options(o: StepOptions) -> None:
 
 
 async def run_attempts(
-    defn: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: _context.WorkflowContext | None
+    defn: StepDef,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    ctx: _context.WorkflowContext | None,
+    tries: list[int] | None = None,
 ) -> Any:
-    """Run an async step body with its retry policy; the last failure propagates."""
+    """Run an async step body with its retry policy; the last failure propagates.
+
+    `tries`, when given, is left holding the number of attempts made (for the checkpoint).
+    """
     opts = defn.options
     attempt = 1
     while True:
+        if tries is not None:
+            tries[:] = [attempt]
         try:
             if opts.timeout is not None:
                 try:
@@ -293,13 +302,17 @@ async def run_attempts(
             attempt += 1
 
 
-def _run_attempts_sync(defn: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_attempts_sync(
+    defn: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any], tries: list[int] | None = None
+) -> Any:
     import time
 
     opts = defn.options
     attempt = 1
     ctx = _context.current()
     while True:
+        if tries is not None:
+            tries[:] = [attempt]
         try:
             return defn.fn(*args, **kwargs)
         except Exception as exc:
@@ -328,8 +341,9 @@ async def run_step(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
     if rec is not None:
         return _replay(ctx, defn, pos, rec, h)
     started = now_ms()
+    tries = [1]
     try:
-        result = await run_attempts(defn, args, kwargs, ctx)
+        result = await run_attempts(defn, args, kwargs, ctx, tries)
     except Exception as exc:
         ctx.raise_if_cancelled()
         attempts = getattr(exc, "__perdure_attempts__", 1)
@@ -338,7 +352,9 @@ async def run_step(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
         )
         raise
     output = defn.codec.dump_result(result)
-    await ctx.record(ctx.step_record(pos, defn.name, args_hash=h, output=output, started_at=started))
+    await ctx.record(
+        ctx.step_record(pos, defn.name, args_hash=h, output=output, attempts=tries[0], started_at=started)
+    )
     return result
 
 
@@ -348,8 +364,9 @@ def _run_step_sync(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
     if rec is not None:
         return _replay(ctx, defn, pos, rec, h)
     started = now_ms()
+    tries = [1]
     try:
-        result = _run_attempts_sync(defn, args, kwargs)
+        result = _run_attempts_sync(defn, args, kwargs, tries)
     except Exception as exc:
         ctx.raise_if_cancelled()
         attempts = getattr(exc, "__perdure_attempts__", 1)
@@ -359,7 +376,8 @@ def _run_step_sync(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
         ctx.blocking(ctx.record(record))
         raise
     output = defn.codec.dump_result(result)
-    ctx.blocking(ctx.record(ctx.step_record(pos, defn.name, args_hash=h, output=output, started_at=started)))
+    record = ctx.step_record(pos, defn.name, args_hash=h, output=output, attempts=tries[0], started_at=started)
+    ctx.blocking(ctx.record(record))
     return result
 
 

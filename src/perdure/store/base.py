@@ -236,7 +236,8 @@ class Store(Protocol):
     # -- executors -------------------------------------------------------------------------------------
     async def executor_register(self, record: ExecutorRecord) -> None: ...
 
-    async def executor_heartbeat(self, executor_id: str) -> None: ...
+    async def executor_heartbeat(self, executor_id: str) -> bool:
+        """Refresh the heartbeat; False when the row is gone (another executor declared us dead)."""
 
     async def executor_list(self) -> list[ExecutorRecord]: ...
 

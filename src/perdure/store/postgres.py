@@ -600,8 +600,8 @@ class PostgresStore:
         values = tuple(getattr(record, f) for f in EXECUTOR_COLUMNS)
         await self._rowcount(self.q.EXECUTOR_UPSERT, values)
 
-    async def executor_heartbeat(self, executor_id: str) -> None:
-        await self._rowcount(self.q.EXECUTOR_HEARTBEAT, (now_ms(), executor_id))
+    async def executor_heartbeat(self, executor_id: str) -> bool:
+        return await self._rowcount(self.q.EXECUTOR_HEARTBEAT, (now_ms(), executor_id)) == 1
 
     async def executor_list(self) -> list[ExecutorRecord]:
         return [ExecutorRecord(**r) for r in await self._read_all(self.q.EXECUTOR_LIST, ())]

@@ -448,8 +448,11 @@ class SQLiteStore:
         values = tuple(getattr(record, f) for f in q.EXECUTOR_COLUMNS)
         await self._write(lambda conn: conn.execute(q.EXECUTOR_UPSERT, values))
 
-    async def executor_heartbeat(self, executor_id: str) -> None:
-        await self._write(lambda conn: conn.execute(q.EXECUTOR_HEARTBEAT, (now_ms(), executor_id)))
+    async def executor_heartbeat(self, executor_id: str) -> bool:
+        count: int = await self._write(
+            lambda conn: conn.execute(q.EXECUTOR_HEARTBEAT, (now_ms(), executor_id)).rowcount
+        )
+        return count == 1
 
     async def executor_list(self) -> list[ExecutorRecord]:
         return [ExecutorRecord(**dict(r)) for r in self._read_all(q.EXECUTOR_LIST, ())]
