@@ -256,7 +256,7 @@ def main(ctx: click.Context, database_url: str, verbose: bool) -> None:
         root.addHandler(logging.NullHandler())
 
 
-@main.command()
+@main.command(short_help="Create or upgrade the database schema.")
 @database_url_option
 @click.pass_context
 def migrate(ctx: click.Context, database_url: str | None) -> None:
@@ -270,7 +270,7 @@ def migrate(ctx: click.Context, database_url: str | None) -> None:
     click.echo(f"schema version {version} at {display_url(url)}")
 
 
-@main.command()
+@main.command(short_help="Watch a workflow survive kill -9 of its process (offline, ~1 s).")
 @click.option(
     "--database-url",
     "database_url",

@@ -56,8 +56,13 @@ class Client(Manager):
         await self.close()
 
     def __enter__(self) -> Client:
-        self._runner = LoopThread("perdure-client")
-        self._runner.run(self.open())
+        runner = LoopThread("perdure-client")
+        try:
+            runner.run(self.open())
+        except BaseException:
+            runner.stop()
+            raise
+        self._runner = runner
         return self
 
     def __exit__(self, *exc: object) -> None:

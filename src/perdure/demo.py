@@ -128,19 +128,22 @@ async def _child(database_url: str, workflow_id: str, city: str, mode: str) -> A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m perdure.demo child --database-url URL --workdir DIR --workflow-id ID --mode start|recover`."""
+    """`python -m perdure.demo child [--database-url URL] --workdir DIR --workflow-id ID --mode start|recover`."""
     global _workdir
     parser = argparse.ArgumentParser(prog="python -m perdure.demo")
     sub = parser.add_subparsers(dest="command", required=True)
     child = sub.add_parser("child", help="run the demo workflow (used by `perdure demo`)")
-    child.add_argument("--database-url", required=True)
+    child.add_argument("--database-url", default=None, help="default: $PERDURE_DATABASE_URL")
     child.add_argument("--workdir", required=True)
     child.add_argument("--workflow-id", required=True)
     child.add_argument("--city", default="Lisbon")
     child.add_argument("--mode", choices=("start", "recover"), required=True)
     args = parser.parse_args(argv)
     _workdir = Path(args.workdir)
-    result = asyncio.run(_child(args.database_url, args.workflow_id, args.city, args.mode))
+    url = args.database_url or os.environ.get("PERDURE_DATABASE_URL")
+    if not url:
+        parser.error("--database-url or $PERDURE_DATABASE_URL is required")
+    result = asyncio.run(_child(url, args.workflow_id, args.city, args.mode))
     print(json.dumps(result))
     return 0
 
@@ -171,9 +174,9 @@ def _spawn(database_url: str, workdir: Path, workflow_id: str, mode: str) -> sub
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    env.pop("PERDURE_DATABASE_URL", None)
-    cmd = [sys.executable, "-m", "perdure.demo", "child", "--database-url", database_url]
-    cmd += ["--workdir", str(workdir), "--workflow-id", workflow_id, "--mode", mode]
+    env["PERDURE_DATABASE_URL"] = database_url  # not on the command line, where `ps` shows a password
+    cmd = [sys.executable, "-m", "perdure.demo", "child", "--workdir", str(workdir)]
+    cmd += ["--workflow-id", workflow_id, "--mode", mode]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

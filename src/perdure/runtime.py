@@ -515,10 +515,15 @@ class Perdure(Manager):
             # Awaited directly (not gathered) so the write is queued in this loop iteration and can share
             # the commit of an insert queued just before it.
             result = await finish
-        except Exception:
+        except Exception as exc:
             if run.insert is not None and run.insert.done() and run.insert.exception() is not None:
                 return ("ERROR", run.insert.exception())
-            raise
+            log.error(
+                "perdure: could not record the outcome of workflow %s (%s); it stays PENDING and will be recovered",
+                ctx.workflow_id,
+                exc,
+            )
+            return ("ERROR", exc)
         if result == "ok":
             return (status, value)
         if result == "cancelled":

@@ -352,9 +352,7 @@ async def run_step(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
         )
         raise
     output = defn.codec.dump_result(result)
-    await ctx.record(
-        ctx.step_record(pos, defn.name, args_hash=h, output=output, attempts=tries[0], started_at=started)
-    )
+    await ctx.record(ctx.step_record(pos, defn.name, args_hash=h, output=output, attempts=tries[0], started_at=started))
     return result
 
 

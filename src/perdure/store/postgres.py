@@ -25,9 +25,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import ConfigurationError, PerdureError, SchemaVersionError, StoreUnavailable, WorkflowNotFound
+from ..errors import (
+    ConfigurationError,
+    PerdureError,
+    SchemaVersionError,
+    StoreUnavailable,
+    WorkflowConflictError,
+    WorkflowNotFound,
+)
 from . import migrations
 from ._batch import AsyncGroupCommitter, WriteOp
 from .base import (
@@ -82,15 +89,7 @@ def _workflow(row: dict[str, Any] | None) -> WorkflowRecord | None:
 
 def _transient(exc: BaseException) -> bool:
     """A failure of the connection or server (worth retrying), not of the statement."""
-    if isinstance(exc, psycopg.OperationalError | psycopg_pool_errors()):
-        return True
-    return isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow)
-
-
-def psycopg_pool_errors() -> tuple[type[BaseException], ...]:
-    from psycopg_pool import PoolTimeout
-
-    return (PoolTimeout,)
+    return isinstance(exc, psycopg.OperationalError | PoolTimeout)
 
 
 class PostgresStore:
@@ -123,6 +122,8 @@ class PostgresStore:
             kwargs={"autocommit": True, "row_factory": dict_row},
             open=False,
             name="perdure",
+            # Waiting for a connection is bounded so an outage is noticed and retried by _retrying.
+            timeout=max(0.5, min(5.0, self.outage_limit / 2)),
         )
         try:
             await pool.open(wait=True, timeout=10)
@@ -466,13 +467,15 @@ class PostgresStore:
         }
 
         async def op(conn: Conn) -> Final:
-            cur = await conn.execute(self.q.WORKFLOW_FORK, params)
+            inserted = await (await conn.execute(self.q.WORKFLOW_FORK, params)).fetchone()
+            if inserted is None:
+                if await (await conn.execute(self.q.WORKFLOW_EXISTS, (source_id,))).fetchone() is None:
+                    raise WorkflowNotFound(source_id)
+                raise WorkflowConflictError(f"cannot fork to {new_id!r}: a workflow with that id exists")
             await conn.execute(self.q.STEP_COPY, (new_id, source_id, from_step))
             got = await conn.execute(self.q.WORKFLOW_GET, (new_id,))
 
             async def done() -> WorkflowRecord:
-                if cur.rowcount != 1:
-                    raise WorkflowNotFound(source_id)
                 record = _workflow(await got.fetchone())
                 assert record is not None
                 return record

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import ConfigurationError, SchemaVersionError, WorkflowNotFound
+from ..errors import ConfigurationError, SchemaVersionError, WorkflowConflictError, WorkflowNotFound
 from . import migrations
 from ._batch import Busy, GroupCommitter, WriteOp
 from .base import (
@@ -330,7 +330,9 @@ class SQLiteStore:
                 (new_id, status, executor_id, app_version, queue_name, t, t, t, source_id),
             )
             if cur.rowcount != 1:
-                raise WorkflowNotFound(source_id)
+                if conn.execute(q.WORKFLOW_EXISTS, (source_id,)).fetchone() is None:
+                    raise WorkflowNotFound(source_id)
+                raise WorkflowConflictError(f"cannot fork to {new_id!r}: a workflow with that id exists")
             conn.execute(q.STEP_COPY, (new_id, source_id, from_step))
             record = _workflow(conn.execute(q.WORKFLOW_GET, (new_id,)).fetchone())
             assert record is not None

@@ -60,6 +60,8 @@ _TEMPLATES = dict(
             workflow_id, timeout_ms, CASE WHEN timeout_ms IS NULL THEN NULL ELSE %(t)s + timeout_ms END,
             %(queue)s, %(t)s, %(t)s, %(t)s
         FROM {s}.workflows WHERE workflow_id = %(source)s
+        ON CONFLICT (workflow_id) DO NOTHING
+        RETURNING workflow_id
     """,
     WORKFLOW_SET_STATUS="""
         UPDATE {s}.workflows SET status = %s, error = coalesce(%s, error), updated_at = %s, completed_at = %s

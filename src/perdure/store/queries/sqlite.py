@@ -54,6 +54,7 @@ INSERT INTO workflows (workflow_id, name, status, inputs, serializer, executor_i
 SELECT ?1, name, ?2, inputs, serializer, ?3, coalesce(?4, app_version), workflow_id,
     timeout_ms, CASE WHEN timeout_ms IS NULL THEN NULL ELSE ?6 + timeout_ms END, ?5, ?6, ?7, ?8
 FROM workflows WHERE workflow_id = ?9
+ON CONFLICT (workflow_id) DO NOTHING
 """
 WORKFLOW_SET_STATUS = """
 UPDATE workflows SET status = ?, error = coalesce(?, error), updated_at = ?, completed_at = ?
