@@ -129,6 +129,8 @@ class FunctionCodec:
             p_args, p_kwargs = load_value(text, None, "pickle", "arguments")
             return tuple(p_args), dict(p_kwargs)
         raw = json.loads(text)
+        if isinstance(raw, dict) and POSITIONAL_KEY in raw:
+            raw = self._bind_positional(raw)
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
         for name, kind, adapter in self._params:
@@ -150,11 +152,40 @@ class FunctionCodec:
                 kwargs.update(value)
         return tuple(args), kwargs
 
+    def _bind_positional(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Arguments stored by a process without the code (a Client): bind them to the signature now."""
+        try:
+            bound = self.signature.bind(*raw.get(POSITIONAL_KEY, []), **raw.get(KEYWORD_KEY, {}))
+        except TypeError as exc:
+            raise SerializationError(f"stored arguments do not fit {self.qualname}(): {exc}") from None
+        return dict(bound.arguments)
+
     def dump_result(self, value: Any) -> str:
         return dump_value(value, self.result_adapter, self.serializer, f"the result of {self.qualname}")
 
     def load_result(self, text: str | None) -> Any:
         return load_value(text, self.result_adapter, self.serializer, f"the result of {self.qualname}")
+
+
+POSITIONAL_KEY = "$args"
+KEYWORD_KEY = "$kwargs"
+
+
+def dump_untyped_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """Arguments as a process without the workflow's code stores them (`Client.start`, `Client.enqueue`).
+
+    They are validated against the function's annotations when a worker that has the code loads them.
+    """
+    try:
+        return json.dumps(
+            {
+                POSITIONAL_KEY: json.loads(pydantic_core.to_json(list(args))),
+                KEYWORD_KEY: json.loads(pydantic_core.to_json(kwargs)),
+            },
+            separators=(",", ":"),
+        )
+    except Exception as exc:
+        raise SerializationError(f"arguments cannot be stored as JSON: {exc}") from exc
 
 
 def _hash_fallback(value: Any) -> str:
