@@ -152,6 +152,51 @@ class WorkflowContext:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
+class StepScope:
+    """Marks code running inside a step body: nested durable operations are not positions of the workflow.
+
+    Inside a step, steps just run, and a workflow called there runs as a child with the id
+    `{workflow_id}-{position}.{n}`, so a step that runs again after a crash finds its children again.
+    """
+
+    __slots__ = ("children", "ctx", "position")
+
+    def __init__(self, ctx: WorkflowContext, position: int) -> None:
+        self.ctx = ctx
+        self.position = position
+        self.children = 0
+
+    def next_child_id(self) -> str:
+        self.children += 1
+        return f"{self.ctx.workflow_id}-{self.position}.{self.children}"
+
+
+_step_scope: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar("perdure_step", default=None)
+
+
+def step_scope() -> StepScope | None:
+    return _step_scope.get()
+
+
+class in_step:
+    """`with in_step(ctx, pos):` around a step body."""
+
+    __slots__ = ("_scope", "_tokens")
+
+    def __init__(self, ctx: WorkflowContext, position: int) -> None:
+        self._scope = StepScope(ctx, position)
+        self._tokens: tuple[Any, Any] | None = None
+
+    def __enter__(self) -> StepScope:
+        self._tokens = (_current.set(None), _step_scope.set(self._scope))
+        return self._scope
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._tokens is not None
+        _current.reset(self._tokens[0])
+        _step_scope.reset(self._tokens[1])
+
+
 def bind(ctx: WorkflowContext) -> contextvars.Token[WorkflowContext | None]:
     return _current.set(ctx)
 

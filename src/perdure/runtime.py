@@ -238,6 +238,8 @@ class Perdure(Manager):
 
     # -- calling onto the runtime loop -------------------------------------------------------------------
     async def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            coro.close()
         loop = self.loop
         if asyncio.get_running_loop() is loop:
             return await coro
@@ -422,6 +424,14 @@ class Perdure(Manager):
             raise
         raise AssertionError("unreachable")
 
+    async def run_in_step(
+        self, scope: _context.StepScope, defn: WorkflowDef, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A workflow called inside a step body: a child whose id is derived from the step's position."""
+        child_id = scope.next_child_id()
+        await self._start(defn, args, kwargs, workflow_id=child_id, parent=scope.ctx)
+        return await self._result_here(child_id, None)
+
     async def _wait_child(self, ctx: _context.WorkflowContext, child_id: str) -> WorkflowRecord:
         run = self._running.get(child_id)
         if run is not None:
@@ -466,8 +476,13 @@ class Perdure(Manager):
                 else:
                     assert self._threads is not None
                     value = await self.loop.run_in_executor(self._threads, self._run_sync_body, ctx, defn, args, kwargs)
-            except WorkflowCancelled:
-                outcome = ("CANCELLED", None)
+            except WorkflowCancelled as exc:
+                if ctx.cancel_reason is None:
+                    # Not this workflow's own cancellation (a cancelled child, say): an ordinary error.
+                    ctx.task = None
+                    outcome = await self._finish(run, "ERROR", None, exc)
+                else:
+                    outcome = ("CANCELLED", None)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if ctx.cancel_reason is None or self._closing:
@@ -561,7 +576,8 @@ class Perdure(Manager):
         run = self._running.get(workflow_id)
         if run is not None:
             try:
-                status, value = await asyncio.wait_for(asyncio.shield(run.done), timeout)
+                async with asyncio.timeout(timeout):
+                    status, value = await asyncio.shield(run.done)
             except TimeoutError:
                 raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout}s") from None
             if status == "SUCCESS":
@@ -569,7 +585,11 @@ class Perdure(Manager):
             if status == "ERROR":
                 raise value
             if status == "CANCELLED":
-                raise WorkflowCancelled(workflow_id, run.ctx.cancel_reason or "cancelled")
+                # A resume may have made it runnable again while this run was stopping: ask the row.
+                rec = await self._wait_terminal(workflow_id, timeout)
+                if rec.status == WorkflowStatus.CANCELLED:
+                    raise WorkflowCancelled(workflow_id, run.ctx.cancel_reason or "cancelled")
+                return decode_outcome(rec)
         return decode_outcome(await self._wait_terminal(workflow_id, timeout))
 
     def _notify_changed(self, workflow_id: str) -> None:
@@ -658,6 +678,13 @@ class Perdure(Manager):
     # -- recovery and takeover ---------------------------------------------------------------------------
     async def _dispatch_stored(self, defn: WorkflowDef, record: WorkflowRecord) -> None:
         """Run a workflow from its stored inputs and checkpoints (recovery, resume, fork, queue)."""
+        old = self._running.get(record.workflow_id)
+        if old is not None and old.ctx.cancel_reason is not None:
+            # Resumed while its cancelled run is still stopping (a sync body stops only at its next
+            # durable operation): start the new run once the old one is gone, from the checkpoints then.
+            wid = record.workflow_id
+            old.done.add_done_callback(lambda _: self.loop.create_task(self._dispatch_after_stop(defn, wid)))
+            return
         try:
             args, kwargs = defn.codec.load_args(record.inputs or "{}")
         except Exception as exc:
@@ -666,6 +693,19 @@ class Perdure(Manager):
             return
         steps = await self._store.step_list(record.workflow_id)
         self._dispatch(defn, record, args, kwargs, recorded={s.step_id: s for s in steps})
+
+    async def _dispatch_after_stop(self, defn: WorkflowDef, workflow_id: str) -> None:
+        try:
+            record = await self._store.workflow_get(workflow_id)
+            if (
+                record is not None
+                and record.status == WorkflowStatus.PENDING
+                and record.executor_id == self.executor_id
+                and workflow_id not in self._running
+            ):
+                await self._dispatch_stored(defn, record)
+        except Exception as exc:  # pragma: no cover - recovery picks it up after a restart
+            log.error("perdure: could not restart resumed workflow %s: %s", workflow_id, exc)
 
     async def _register_executor(self) -> None:
         for rec in await self._store.executor_list():
@@ -746,9 +786,12 @@ class Perdure(Manager):
         assert self._queue_wakeup is not None
         last_heartbeat = now_ms()
         tick = min(self.maintenance_interval, self.lease_ms / 3000)
-        while True:
+        # `asyncio.timeout`, not `wait_for`: on Python 3.11 wait_for can swallow the cancel that shutdown
+        # sends when it races the timeout, and the loop would then run on; `_closing` ends it regardless.
+        while not self._closing:
             try:
-                await asyncio.wait_for(self._queue_wakeup.wait(), tick)
+                async with asyncio.timeout(tick):
+                    await self._queue_wakeup.wait()
             except TimeoutError:
                 pass
             self._queue_wakeup.clear()

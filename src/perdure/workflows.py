@@ -157,6 +157,9 @@ async def _call_workflow(defn: WorkflowDef, args: tuple[Any, ...], kwargs: dict[
     ctx = _context.current()
     if ctx is not None:
         return await ctx.runtime.run_child(ctx, defn, args, kwargs)
+    scope = _context.step_scope()
+    if scope is not None:
+        return await scope.ctx.runtime.run_in_step(scope, defn, args, kwargs)
     runtime = _active_runtime()
     return await runtime.run_direct(defn, args, kwargs)
 
@@ -288,7 +291,8 @@ async def run_attempts(
         try:
             if opts.timeout is not None:
                 try:
-                    return await asyncio.wait_for(defn.fn(*args, **kwargs), opts.timeout)
+                    async with asyncio.timeout(opts.timeout):
+                        return await defn.fn(*args, **kwargs)
                 except TimeoutError:
                     raise StepTimeout(f"step {defn.name!r} took longer than {opts.timeout}s") from None
             return await defn.fn(*args, **kwargs)
@@ -343,7 +347,8 @@ async def run_step(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
     started = now_ms()
     tries = [1]
     try:
-        result = await run_attempts(defn, args, kwargs, ctx, tries)
+        with _context.in_step(ctx, pos):
+            result = await run_attempts(defn, args, kwargs, ctx, tries)
     except Exception as exc:
         ctx.raise_if_cancelled()
         attempts = getattr(exc, "__perdure_attempts__", 1)
@@ -364,7 +369,8 @@ def _run_step_sync(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
     started = now_ms()
     tries = [1]
     try:
-        result = _run_attempts_sync(defn, args, kwargs, tries)
+        with _context.in_step(ctx, pos):
+            result = _run_attempts_sync(defn, args, kwargs, tries)
     except Exception as exc:
         ctx.raise_if_cancelled()
         attempts = getattr(exc, "__perdure_attempts__", 1)
@@ -376,6 +382,47 @@ def _run_step_sync(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
     output = defn.codec.dump_result(result)
     record = ctx.step_record(pos, defn.name, args_hash=h, output=output, attempts=tries[0], started_at=started)
     ctx.blocking(ctx.record(record))
+    return result
+
+
+_ANY_CODEC = FunctionCodec(lambda: None)
+
+
+async def durable_call(
+    name: str,
+    body: Callable[[], Awaitable[Any]],
+    *,
+    options: StepOptions | None = None,
+    args_fingerprint: str | None = None,
+) -> Any:
+    """Run `body()` once as a step named `name` at the next position; replay its JSON result after.
+
+    For integrations (the Pydantic AI capability) that hand the engine a callback. The result must be
+    JSON-ready (dicts, lists, strings, numbers); it is replayed as loaded from JSON.
+    """
+    ctx = _context.require(f"step {name!r}")
+    defn = StepDef(name, lambda: body(), True, _ANY_CODEC, options or StepOptions())
+    pos, rec = ctx.take_position()
+    if rec is not None:
+        return _replay(ctx, defn, pos, rec, args_fingerprint)
+    started = now_ms()
+    tries = [1]
+    try:
+        with _context.in_step(ctx, pos):
+            result = await run_attempts(defn, (), {}, ctx, tries)
+    except Exception as exc:
+        ctx.raise_if_cancelled()
+        attempts = getattr(exc, "__perdure_attempts__", 1)
+        await ctx.record(
+            ctx.step_record(
+                pos, name, args_hash=args_fingerprint, error=dump_error(exc), attempts=attempts, started_at=started
+            )
+        )
+        raise
+    output = _ANY_CODEC.dump_result(result)
+    await ctx.record(
+        ctx.step_record(pos, name, args_hash=args_fingerprint, output=output, attempts=tries[0], started_at=started)
+    )
     return result
 
 

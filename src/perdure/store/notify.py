@@ -16,6 +16,26 @@ def workflow_key(workflow_id: str) -> str:
     return f"wf:{workflow_id}"
 
 
+def message_key(workflow_id: str) -> str:
+    """A message was sent to the workflow."""
+    return f"msg:{workflow_id}"
+
+
+def event_key(workflow_id: str, key: str) -> str:
+    """Event `key` of the workflow was set."""
+    return f"evt:{workflow_id}:{key}"
+
+
+def stream_key(workflow_id: str, key: str) -> str:
+    """Stream `key` of the workflow got a value or was closed."""
+    return f"stream:{workflow_id}:{key}"
+
+
+def queue_key(queue_name: str) -> str:
+    """Work was put on the queue."""
+    return f"queue:{queue_name}"
+
+
 class Notifier:
     """Futures keyed by what they wait for. Loop-bound: call from the store's event loop."""
 
@@ -37,7 +57,8 @@ class Notifier:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, set()).add(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
             return True
         except TimeoutError:
             return False
@@ -47,6 +68,25 @@ class Notifier:
                 waiters.discard(fut)
                 if not waiters:
                     del self._waiters[key]
+
+    async def wait_any(self, keys: list[str], timeout: float) -> bool:
+        """`wait` on several keys at once: True when any of them fired before `timeout`."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in keys:
+            self._waiters.setdefault(key, set()).add(fut)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            for key in keys:
+                waiters = self._waiters.get(key)
+                if waiters is not None:
+                    waiters.discard(fut)
+                    if not waiters:
+                        del self._waiters[key]
 
     @property
     def watched(self) -> int:
