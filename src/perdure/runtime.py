@@ -29,6 +29,7 @@ from .errors import (
     WorkflowConflictError,
     WorkflowNotFound,
 )
+from .messaging import relay_wakeups
 from .serialization import dump_error, load_error
 from .store import create_store
 from .store.base import (
@@ -40,7 +41,7 @@ from .store.base import (
     WorkflowStatus,
     now_ms,
 )
-from .store.notify import workflow_key
+from .store.notify import queue_key, workflow_key
 from .workflows import WorkflowDef, registered_workflows, workflow_def_of
 
 T = TypeVar("T")
@@ -124,6 +125,7 @@ class Perdure(Manager):
         self._loop_thread: LoopThread | None = None
         self._running: dict[str, _Run] = {}
         self._maintenance: asyncio.Task[None] | None = None
+        self._wakeup_relay: asyncio.Task[None] | None = None
         self._queue_wakeup: asyncio.Event | None = None
         self._launched = False
         self._closing = False
@@ -163,6 +165,10 @@ class Perdure(Manager):
             self._closing = False
             await self._recover(include_self=True)
             self._maintenance = asyncio.create_task(self._maintain(), name="perdure-maintenance")
+            # Work a Client puts on the internal queue (start by name) is announced on this key.
+            self._wakeup_relay = asyncio.create_task(
+                relay_wakeups(self._store, queue_key(INTERNAL_QUEUE), self._wake_queue), name="perdure-wakeups"
+            )
         except BaseException:
             self._launched = False
             with _active_lock:
@@ -179,6 +185,9 @@ class Perdure(Manager):
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
+        if self._wakeup_relay is not None:
+            self._wakeup_relay.cancel()
+            await asyncio.gather(self._wakeup_relay, return_exceptions=True)
         tasks = []
         for run in list(self._running.values()):
             if run.timer is not None:
@@ -187,6 +196,8 @@ class Perdure(Manager):
                 run.ctx.task.cancel()
                 tasks.append(run.ctx.task)
             run.ctx.wakeup.set()
+            for op in list(run.ctx.inflight):  # a sync workflow's wait on the loop (recv_sync, ...)
+                op.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
         try:
@@ -364,9 +375,14 @@ class Perdure(Manager):
         return WorkflowHandle(wid, self)
 
     async def run_direct(self, defn: WorkflowDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        async def go() -> Any:
+        return (await self.run_fresh(defn, args, kwargs))[1]
+
+    async def run_fresh(self, defn: WorkflowDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
+        """Run a workflow durably with a fresh id and wait for it: (workflow id, result)."""
+
+        async def go() -> tuple[str, Any]:
             handle = await self._start(defn, args, kwargs, optimistic=True)
-            return await self._result_here(handle.workflow_id, None)
+            return handle.workflow_id, await self._result_here(handle.workflow_id, None)
 
         return await self._on_loop(go())
 

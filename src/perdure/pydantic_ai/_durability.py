@@ -1,0 +1,254 @@
+"""`PerdureDurability`: Pydantic AI's durable-execution capability, on perdure.
+
+Built on pydantic-ai's public engine surface (`BaseDurabilityCapability` + a callable operation backend):
+inside a perdure workflow every model request, tool call, MCP/dynamic discovery and event-handler call
+runs as one named perdure step whose JSON result is checkpointed; outside a workflow the agent behaves
+exactly as the plain agent.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypedDict, cast
+
+from pydantic_ai._agent_graph import set_agent_graph_sleep
+from pydantic_ai._utils import now_utc
+from pydantic_ai.agent import EventStreamHandler
+from pydantic_ai.agent.abstract import AbstractAgent
+from pydantic_ai.capabilities.abstract import AbstractCapability, WrapRunHandler
+from pydantic_ai.durable_exec import (
+    JSON_CODEC,
+    BaseDurabilityCapability,
+    DurabilityEngineSpec,
+    DurableOperationId,
+    JournalCallableOperationBackend,
+    RoleBasedOperationConfig,
+    ToolsetCallToolId,
+    ToolsetKind,
+    ToolsetValidateToolArgumentsId,
+    conversation_id_from_run_id,
+)
+from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, UsageLimitExceeded, UserError
+from pydantic_ai.models import Model
+from pydantic_ai.run import AgentRunResult
+from pydantic_ai.tools import AgentDepsT, RunContext
+from pydantic_ai.toolsets import ToolsetTool
+from pydantic_core import PydanticSerializationError
+
+from .. import _context
+from ..errors import NonDeterminismError, SerializationError, WorkflowCancelled
+from ..messaging import sleep as durable_sleep
+from ..workflows import StepOptions, durable_call, record_value
+
+
+class StepConfig(TypedDict, total=False):
+    """Retry policy of one kind of step (see `perdure.step`). Also accepted as tool metadata
+    `{"perdure": {...}}`; `{"perdure": False}` runs that tool inline, without a checkpoint."""
+
+    max_attempts: int
+    retry_interval: float
+    backoff: float
+    max_interval: float
+    timeout: float
+
+
+NON_RETRYABLE: tuple[type[BaseException], ...] = (
+    # Control flow and configuration errors: retrying cannot change the outcome.
+    ModelRetry,
+    ApprovalRequired,
+    CallDeferred,
+    UserError,
+    UsageLimitExceeded,
+    SerializationError,
+    NonDeterminismError,
+    PydanticSerializationError,
+    TypeError,
+)
+
+
+def _serialization_failure(exc: Exception) -> BaseException:
+    return SerializationError(f"a value of this agent run cannot be stored as JSON: {exc}")
+
+
+def step_options(config: Mapping[str, Any] | None) -> StepOptions:
+    config = dict(config or {})
+    unknown = set(config) - set(StepConfig.__annotations__)
+    if unknown:
+        raise UserError(
+            f"unknown perdure step option(s) {sorted(unknown)}; expected {sorted(StepConfig.__annotations__)}"
+        )
+    return StepOptions(non_retryable=NON_RETRYABLE, **config)
+
+
+class PerdureOperationBackend(JournalCallableOperationBackend[StepConfig]):
+    """Runs each durable operation as one perdure step, named by pydantic-ai's journal convention."""
+
+    async def execute(
+        self,
+        *,
+        operation_id: DurableOperationId,
+        name: str,
+        body: Callable[[], Awaitable[object]],
+        cache_key: tuple[object, ...],
+        config: StepConfig,
+    ) -> object:
+        return await durable_call(name, body, options=step_options(config))
+
+
+@dataclass(init=False, kw_only=True)
+class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
+    """Make an agent durable inside perdure workflows.
+
+    ```python
+    # not run
+    agent = Agent("openai:gpt-5", name="geography", capabilities=[PerdureDurability()])
+
+    @perdure.workflow
+    async def answer(question: str) -> str:
+        return (await agent.run(question)).output
+    ```
+
+    Model requests, tool calls (each a step named after its tool), MCP and dynamic-toolset discovery
+    and event-handler calls run as steps. Per-tool control through tool metadata: `{"perdure": False}`
+    runs the tool inline; `{"perdure": {"max_attempts": 3}}` sets its retry policy.
+    """
+
+    engine_spec = DurabilityEngineSpec(
+        engine_name="perdure",
+        durable_unit_noun="step",
+        durable_unit_plural="steps",
+        durable_container_noun="workflow",
+        codec=JSON_CODEC,  # the journal stays readable JSON in the steps table
+        serialization_failure=_serialization_failure,
+        wrapped_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
+        toolset_lifecycles={"function": "enter-always", "mcp": "enter-in-durable-unit", "dynamic": "enter-never"},
+        tool_call_result_upgrade_lenient=False,
+        journal_discovery=True,
+        sequential_tools_in_durable_context=False,
+        # Toolsets added at run time would bypass the checkpointing set up for the agent's own toolsets.
+        unsupported_runtime_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
+        tool_config_key="perdure",
+        cancellation_error_types=(WorkflowCancelled,),
+    )
+
+    def __init__(
+        self,
+        *,
+        models: Mapping[str, Model] | None = None,
+        event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        name: str | None = None,
+        model_step: StepConfig | None = None,
+        tool_steps: StepConfig | None = None,
+        mcp_steps: StepConfig | None = None,
+        event_steps: StepConfig | None = None,
+    ) -> None:
+        """Args:
+        models: extra models by id, for switching models at run time (a `Model` instance cannot be
+            journaled, so a run-time model must be registered here or given as a model-name string).
+        event_stream_handler: called with the run's events; model events inside the model step,
+            tool events each in a step of their own.
+        name: the agent's durable name (default: the agent's `name`); it prefixes every step name.
+        model_step, tool_steps, mcp_steps, event_steps: retry policies (`StepConfig`) per kind.
+        """
+        super().__init__(models=models, event_stream_handler=event_stream_handler, name=name)
+        for config in (model_step, tool_steps, mcp_steps, event_steps):
+            step_options(config)  # refuse unknown options now, not at the first run
+        self._model_step: StepConfig = model_step or {}
+        self._tool_steps: StepConfig = tool_steps or {}
+        self._mcp_steps: StepConfig = mcp_steps or {}
+        self._event_steps: StepConfig = event_steps or {}
+        self._run_counts: dict[tuple[str, int], int] = {}
+
+    def for_agent(self, agent: AbstractAgent[AgentDepsT, Any]) -> AbstractCapability[AgentDepsT]:
+        # Binding walks the agent's toolsets and capabilities; a capability passed per run (as
+        # DurableAgent does) would pay that on every run. Bind once per agent, as construction does.
+        # Agents are not hashable: key by identity, holding the agent weakly.
+        cache: dict[int, tuple[weakref.ref[Any], AbstractCapability[AgentDepsT]]] = self.__dict__.setdefault(
+            "_bound_for", {}
+        )
+        hit = cache.get(id(agent))
+        if hit is not None and hit[0]() is agent:
+            return hit[1]
+        bound = super().for_agent(agent)
+        cache[id(agent)] = (weakref.ref(agent), bound)
+        return bound
+
+    # -- where we are ----------------------------------------------------------------------------------
+    @property
+    def in_durable_context(self) -> bool:
+        # Inside a step body the workflow context is hidden, so a nested agent run there is a plain run.
+        return _context.current() is not None
+
+    def get_default_run_id(self) -> str | None:
+        ctx = _context.current()
+        if ctx is None:
+            return None
+        # Runs started together (asyncio.gather) resolve their ids at the same position: count them.
+        key = (ctx.workflow_id, ctx.position)
+        index = self._run_counts.get(key, 0)
+        self._run_counts[key] = index + 1
+        base = f"{ctx.workflow_id}:{ctx.position}"
+        return base if index == 0 else f"{base}:{index}"
+
+    def get_default_conversation_id(self, run_id: str) -> str | None:
+        return conversation_id_from_run_id(run_id) if self.in_durable_context else None
+
+    async def get_run_start_time(self, run_id: str) -> datetime | None:
+        if not self.in_durable_context:
+            return None
+        # Recorded, so a recovered run counts its `timeout=` from when it first started.
+        value = await record_value(
+            f"{self.name}.run_start_time",
+            now_utc,
+            lambda v: f'"{v.isoformat()}"',
+            lambda s: datetime.fromisoformat(s.strip('"')),
+        )
+        return cast(datetime, value)
+
+    # -- the backend -----------------------------------------------------------------------------------
+    def get_durable_operation_backend(self) -> PerdureOperationBackend:
+        def tool_config(
+            operation_id: DurableOperationId, tool: object | None, tool_name: str
+        ) -> StepConfig | Literal[False]:
+            assert isinstance(operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId)
+            resolve = self._build_resolve_tool_config(self._toolset_base_config(operation_id.toolset_kind))
+            return cast(StepConfig | Literal[False], resolve(cast(ToolsetTool[Any] | None, tool), tool_name))
+
+        return PerdureOperationBackend(
+            agent_name=self.name,
+            default_model_id=self.default_model_id,
+            config=RoleBasedOperationConfig(
+                model=self._model_step,
+                event=self._event_steps,
+                capability=self._tool_steps,
+                tool=self._tool_steps,
+                resolve_tool=tool_config,
+            ),
+        )
+
+    def _toolset_base_config(self, kind: ToolsetKind) -> Any:
+        return self._mcp_steps if kind == "mcp" else self._tool_steps
+
+    def _normalize_unit_config(self, config: Any) -> Any:
+        if config is False:
+            return config
+        step_options(config)  # a bad per-tool option is a clear error, not a retry loop
+        return config
+
+    # -- the run ---------------------------------------------------------------------------------------
+    async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
+        if not self.in_durable_context:
+            return await super().wrap_run(ctx, handler=handler)
+        with _durable_graph_sleep():
+            return await super().wrap_run(ctx, handler=handler)
+
+
+@contextmanager
+def _durable_graph_sleep() -> Generator[None]:
+    """Waits inside the agent graph (between polls of a background response) become durable sleeps."""
+    with set_agent_graph_sleep(durable_sleep):
+        yield
