@@ -44,7 +44,7 @@ def test_killed_after_the_tool_resumes_without_repeating_model_or_tool(db_url: s
     (tmp_path / "crash-model-2").touch()
     assert run(db_url, tmp_path, "single", "start")[0] == -signal.SIGKILL
     assert step_names(db_url) == ["crashy__model.request", "crashy__function_toolset__<agent>.call_tool:tool_a"]
-    code, out = run(db_url, tmp_path, "single", "recover")
+    _, out = run(db_url, tmp_path, "single", "recover")
     assert out == {"output": "answer: 10", "requests": 2}
     # Turn 1 and the tool were replayed from checkpoints; turn 2 was interrupted and ran again.
     assert effects(tmp_path) == Counter({"model-1": 1, "tool_a": 1, "model-2": 2})
