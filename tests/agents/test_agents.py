@@ -8,7 +8,7 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
-from pydantic_ai.tools import Tool
+from pydantic_ai.tools import RunContext, Tool
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
@@ -84,8 +84,8 @@ flaky_agent = DurableAgent(Agent(FunctionModel(flaky_script), name="flaky", tool
 inner = DurableAgent(Agent(TestModel(custom_output_text="inner says hi"), name="inner"))
 
 
-async def ask_inner(question: str) -> str:
-    return (await inner.run(question)).output
+async def ask_inner(ctx: RunContext[None], question: str) -> str:
+    return (await inner.run(question, usage=ctx.usage)).output
 
 
 def outer_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -215,6 +215,11 @@ async def test_agent_calling_an_agent_in_a_tool_runs_it_as_a_child_workflow(app:
     children = await app.list_workflows(parent_id="outer-1")
     assert [c.name for c in children] == ["inner.run"]
     assert children[0].workflow_id == "outer-1-1.1"  # the tool's step position, first child
+    # The delegate's request counts in the outer run's usage, also when the tool's checkpoint is replayed.
+    assert result.usage.requests == 3
+    forked = await app.fork("outer-1", from_step=2)
+    assert (await forked.result())["usage"]["requests"] == 3
+    assert len(await app.list_workflows(name="inner.run")) == 1  # the delegate did not run again
 
 
 async def test_renaming_the_agent_is_detected_on_replay(app: Perdure) -> None:

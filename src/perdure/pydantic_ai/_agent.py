@@ -220,8 +220,38 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
         model: Model | str | None = None,
         model_settings: ModelSettings | None = None,
         usage_limits: UsageLimits | None = None,
+        usage: RunUsage | None = None,
     ) -> DurableRunResult[OutputDataT]:
-        """Run the agent durably and return its result. The same `workflow_id` twice runs once."""
+        """Run the agent durably and return its result. The same `workflow_id` twice runs once.
+
+        `usage`: a delegating tool passes `ctx.usage`; this run's usage is added to it.
+        """
+        result = await self._run(
+            user_prompt,
+            workflow_id=workflow_id,
+            timeout=timeout,
+            message_history=message_history,
+            deps=deps,
+            model=model,
+            model_settings=model_settings,
+            usage_limits=usage_limits,
+        )
+        if usage is not None:
+            usage.incr(result.usage)
+        return result
+
+    async def _run(
+        self,
+        user_prompt: str | Sequence[UserContent] | None,
+        *,
+        workflow_id: str | None,
+        timeout: float | None,
+        message_history: Sequence[ModelMessage] | None,
+        deps: AgentDepsT | None,
+        model: Model | str | None,
+        model_settings: ModelSettings | None,
+        usage_limits: UsageLimits | None,
+    ) -> DurableRunResult[OutputDataT]:
         inputs = self._inputs(
             user_prompt,
             message_history=message_history,

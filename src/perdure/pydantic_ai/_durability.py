@@ -8,6 +8,7 @@ exactly as the plain agent.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ from pydantic_ai.models import Model
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT, RunContext
 from pydantic_ai.toolsets import ToolsetTool
+from pydantic import TypeAdapter
+from pydantic_ai.usage import RunUsage
 from pydantic_core import PydanticSerializationError
 
 from .. import _context
@@ -96,7 +99,38 @@ class PerdureOperationBackend(JournalCallableOperationBackend[StepConfig]):
         cache_key: tuple[object, ...],
         config: StepConfig,
     ) -> object:
-        return await durable_call(name, body, options=step_options(config))
+        options = step_options(config)
+        run_ctx = _tool_run_context(operation_id, cache_key)
+        if run_ctx is None:
+            return await durable_call(name, body, options=options)
+        # A tool may run other agents with `usage=ctx.usage`. Their usage is recorded with the tool's
+        # checkpoint and added back when the checkpoint is replayed, so the run's usage stays complete.
+        executed = False
+
+        async def measured() -> object:
+            nonlocal executed
+            executed = True
+            before = copy.copy(run_ctx.usage)
+            result = await body()
+            delta = run_ctx.usage - before
+            if not delta.has_values():
+                return {"result": result}
+            return {"result": result, "usage_delta": _USAGE.dump_python(delta, mode="json")}
+
+        payload = await durable_call(name, measured, options=options)
+        assert isinstance(payload, dict)
+        if not executed and "usage_delta" in payload:
+            run_ctx.usage.incr(_USAGE.validate_python(payload["usage_delta"]))
+        return payload["result"]
+
+
+_USAGE: TypeAdapter[RunUsage] = TypeAdapter(RunUsage)
+
+
+def _tool_run_context(operation_id: DurableOperationId, cache_key: tuple[object, ...]) -> RunContext[Any] | None:
+    if not isinstance(operation_id, ToolsetCallToolId):
+        return None
+    return next((k for k in cache_key if isinstance(k, RunContext)), None)
 
 
 @dataclass(init=False, kw_only=True)
