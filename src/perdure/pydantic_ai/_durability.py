@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypedDict, cast
 
+from pydantic import TypeAdapter
 from pydantic_ai._agent_graph import set_agent_graph_sleep
 from pydantic_ai._utils import now_utc
 from pydantic_ai.agent import EventStreamHandler
@@ -38,7 +39,6 @@ from pydantic_ai.models import Model
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT, RunContext
 from pydantic_ai.toolsets import ToolsetTool
-from pydantic import TypeAdapter
 from pydantic_ai.usage import RunUsage
 from pydantic_core import PydanticSerializationError
 
