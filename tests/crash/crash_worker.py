@@ -130,7 +130,12 @@ SCENARIOS = {
 async def main() -> None:
     db_url, scenario, workflow_id, _, mode = sys.argv[1:6]
     fn, args = SCENARIOS[scenario]
-    async with Perdure(db_url, maintenance_interval=0.05) as app:
+    version = os.environ.get("CRASH_APP_VERSION") or None
+    async with Perdure(db_url, maintenance_interval=0.05, app_version=version) as app:
+        if mode == "launch-only":
+            # Launching ran recovery: whatever this executor may claim, it has claimed by now.
+            print(json.dumps({"status": "LAUNCHED"}), flush=True)
+            return
         if mode == "start":
             if scenario == "once":
                 # Line the two processes up so their starts really race.

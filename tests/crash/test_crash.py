@@ -162,3 +162,19 @@ def test_two_processes_start_the_same_id_once(lab: Crashlab) -> None:
         outs.append(json.loads(out.strip().splitlines()[-1]))
     assert outs == [{"status": "SUCCESS", "result": "ran"}] * 2
     assert lab.effects() == ["once-body", "once-step"]
+
+
+def test_recovery_only_hands_work_to_the_same_app_version(lab: Crashlab) -> None:
+    lab.arm("in-step")
+    code, _ = lab.run("in_step", "w-version", "start", env={"CRASH_APP_VERSION": "1"})
+    assert code == -signal.SIGKILL
+    # A process of another version launches: it must leave the workflow alone.
+    _, out = lab.run("in_step", "w-version", "launch-only", env={"CRASH_APP_VERSION": "2"})
+    assert out == {"status": "LAUNCHED"}
+    with Client(lab.db_url) as client:
+        info = client.get_workflow_sync("w-version")
+        assert (info.status.value, info.recovery_attempts, info.app_version) == ("PENDING", 0, "1")
+        assert client.list_workflows_sync(app_version="1")[0].workflow_id == "w-version"
+    # A process of the same version recovers it.
+    _, out = lab.run("in_step", "w-version", "recover", env={"CRASH_APP_VERSION": "1"})
+    assert out == {"status": "SUCCESS", "result": ["ONE", "TWO", "THREE"]}

@@ -49,6 +49,7 @@ from .base import (
     now_ms,
 )
 from .notify import Notifier, workflow_key
+from .postgres_messaging import PostgresMessaging
 from .queries import postgres as queries
 from .queries.sqlite import EXECUTOR_COLUMNS, WORKFLOW_COLUMNS
 
@@ -92,7 +93,7 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError | PoolTimeout)
 
 
-class PostgresStore:
+class PostgresStore(PostgresMessaging):
     """`Store` on a PostgreSQL database shared by any number of processes and hosts."""
 
     def __init__(self, url: str) -> None:
@@ -192,6 +193,7 @@ class PostgresStore:
                         log.warning("perdure: LISTEN connection restored")
                     delay = 0.1
                     async for note in conn.notifies():
+                        self.stats.extra["notifications"] = self.stats.extra.get("notifications", 0) + 1
                         self.notifier.fire([note.payload])
             except asyncio.CancelledError:
                 raise
@@ -473,6 +475,7 @@ class PostgresStore:
                     raise WorkflowNotFound(source_id)
                 raise WorkflowConflictError(f"cannot fork to {new_id!r}: a workflow with that id exists")
             await conn.execute(self.q.STEP_COPY, (new_id, source_id, from_step))
+            await self._fork_messaging(conn, source_id, new_id, from_step)
             got = await conn.execute(self.q.WORKFLOW_GET, (new_id,))
 
             async def done() -> WorkflowRecord:
