@@ -270,7 +270,7 @@ def migrate(ctx: click.Context, database_url: str | None) -> None:
     click.echo(f"schema version {version} at {display_url(url)}")
 
 
-@main.command(short_help="Watch a workflow survive kill -9 of its process (offline, ~1 s).")
+@main.command(short_help="Watch a durable AI agent survive kill -9 of its process (offline, ~2 s).")
 @click.option(
     "--database-url",
     "database_url",
@@ -279,11 +279,21 @@ def migrate(ctx: click.Context, database_url: str | None) -> None:
     help="Database for the demo (default: a fresh temporary SQLite file).",
 )
 @click.option("--keep", is_flag=True, help="Keep the demo's folder (database and side-effect log) and print its path.")
-def demo(database_url: str | None, keep: bool) -> None:
-    """Run a workflow in a child process, SIGKILL it mid-way, restart it and watch it resume."""
+@click.option(
+    "--model",
+    default=None,
+    metavar="MODEL",
+    help="A pydantic-ai model string, e.g. openai:gpt-5 (needs its package and API key). "
+    "Default: a scripted offline model.",
+)
+def demo(database_url: str | None, keep: bool, model: str | None) -> None:
+    """Run the geography agent in a child process, SIGKILL it after the tool call, restart it and watch it resume.
+
+    The model turn and the tool call made before the crash are replayed from their checkpoints, not repeated.
+    """
     from .demo import run_demo
 
-    run_demo(database_url=database_url, keep=keep, console=_console())
+    run_demo(database_url=database_url, keep=keep, model=model, console=_console())
 
 
 # -- workflows ---------------------------------------------------------------------------------------------
