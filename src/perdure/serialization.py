@@ -160,6 +160,16 @@ class FunctionCodec:
             raise SerializationError(f"stored arguments do not fit {self.qualname}(): {exc}") from None
         return dict(bound.arguments)
 
+    def fingerprint(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """`args_hash` of the call bound to the signature: f(1, b=2) and f(1, 2) fingerprint alike."""
+        if not args and not kwargs:
+            return None
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError:
+            return args_hash(args, kwargs)
+        return args_hash(tuple(bound.arguments.values()), {})
+
     def dump_result(self, value: Any) -> str:
         return dump_value(value, self.result_adapter, self.serializer, f"the result of {self.qualname}")
 
@@ -216,6 +226,7 @@ class StoredError:
     message: str
     traceback: str
     args: list[Any] | None
+    attrs: dict[str, Any] | None = None
 
     @property
     def summary(self) -> str:
@@ -227,6 +238,14 @@ def dump_error(exc: BaseException) -> str:
         args: list[Any] | None = json.loads(pydantic_core.to_json(list(exc.args)))
     except Exception:
         args = None
+    attrs: dict[str, Any] = {}
+    for name, value in vars(exc).items():
+        if name.startswith("_"):
+            continue
+        try:
+            attrs[name] = json.loads(pydantic_core.to_json(value))
+        except Exception:
+            continue  # not JSON: left out
     return json.dumps(
         {
             "type": type(exc).__qualname__,
@@ -234,6 +253,7 @@ def dump_error(exc: BaseException) -> str:
             "message": str(exc),
             "traceback": "".join(traceback_module.format_exception(exc)),
             "args": args,
+            "attrs": attrs,
         },
         separators=(",", ":"),
     )
@@ -247,6 +267,7 @@ def parse_error(text: str) -> StoredError:
         message=raw.get("message", ""),
         traceback=raw.get("traceback", ""),
         args=raw.get("args"),
+        attrs=raw.get("attrs"),
     )
 
 
@@ -268,6 +289,12 @@ def load_error(text: str) -> BaseException:
             # A constructor with another signature: make the instance without calling it (no user code runs).
             exc = cls.__new__(cls, *stored.args)
             exc.args = tuple(stored.args)
+        for name, value in (stored.attrs or {}).items():
+            try:
+                setattr(exc, name, value)  # attributes the constructor set from other arguments
+            except Exception:
+                pass
+        exc.args = tuple(stored.args)  # the message as it was, whatever the constructor made of its args
         exc.__notes__ = [f"(re-raised by perdure; original traceback:)\n{stored.traceback}"]
         return exc
     return WorkflowError(stored.type, stored.message, stored.traceback, module=stored.module)

@@ -56,8 +56,13 @@ class GroupCommitter(Generic[C]):
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending.append(WriteOp(fn, fut, atomic))
         if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+            if not getattr(loop, "_ready", True):
+                # Nothing else is ready to run, so no other write can join this batch: commit now
+                # instead of a loop turn later. (Only where the loop exposes its ready queue.)
+                self._flush()
+            else:
+                self._scheduled = True
+                loop.call_soon(self._flush)
         return fut
 
     def _flush(self) -> None:
