@@ -61,6 +61,8 @@ class WorkflowContext:
         self.cancel_reason: str | None = None
         self.task: asyncio.Task[Any] | None = None
         self.wakeup = threading.Event()  # interrupts a sync workflow's durable sleep on cancel
+        # Per-run state of integrations (e.g. how many agent runs started at a position); dies with the run.
+        self.scratch: dict[str, Any] = {}
         # Async steps currently running, so a cancel can interrupt them.
         self.inflight: set[asyncio.Task[Any]] = set()
 
@@ -159,12 +161,27 @@ class StepScope:
     `{workflow_id}-{position}.{n}`, so a step that runs again after a crash finds its children again.
     """
 
-    __slots__ = ("children", "ctx", "position")
+    __slots__ = ("attempt", "children", "ctx", "position", "tries", "writes")
 
-    def __init__(self, ctx: WorkflowContext, position: int) -> None:
+    def __init__(self, ctx: WorkflowContext, position: int, tries: list[int] | None = None) -> None:
         self.ctx = ctx
         self.position = position
         self.children = 0
+        self.tries = tries
+        self.attempt = 1
+        self.writes = 0
+
+    def next_write(self) -> int:
+        """Number (1, 2, ...) of the next message, event or stream write of this attempt of the step body.
+
+        Numbers restart with each attempt, so a retried attempt rewrites its values instead of adding them.
+        """
+        attempt = self.tries[0] if self.tries else 1
+        if attempt != self.attempt:
+            self.attempt = attempt
+            self.writes = 0
+        self.writes += 1
+        return self.writes
 
     def next_child_id(self) -> str:
         self.children += 1
@@ -183,8 +200,8 @@ class in_step:
 
     __slots__ = ("_scope", "_tokens")
 
-    def __init__(self, ctx: WorkflowContext, position: int) -> None:
-        self._scope = StepScope(ctx, position)
+    def __init__(self, ctx: WorkflowContext, position: int, tries: list[int] | None = None) -> None:
+        self._scope = StepScope(ctx, position, tries)
         self._tokens: tuple[Any, Any] | None = None
 
     def __enter__(self) -> StepScope:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from .errors import ConfigurationError, MaxRecoveryAttemptsExceeded, WorkflowCancelled, WorkflowNotFound
+from .messaging import Messaging
 from .serialization import load_error
 from .store.base import Store, WorkflowFilter, WorkflowRecord, WorkflowStatus
 from .store.notify import workflow_key
@@ -27,6 +29,19 @@ def _ms(value: datetime | float | None, what: str) -> int | None:
             raise ConfigurationError(f"{what} must be timezone-aware (e.g. datetime.now(UTC))")
         return int(value.timestamp() * 1000)
     return int(float(value) * 1000)
+
+
+async def cancelled_with(store: Store, rec: WorkflowRecord) -> list[str]:
+    """Children that were cancelled by the same cancellation as `rec` (a cancel marks the whole tree at one time).
+
+    Resuming `rec` resumes them too, so a parent cancelled while waiting for a child can continue.
+    """
+    if rec.status != WorkflowStatus.CANCELLED or rec.completed_at is None:
+        return []
+    children = await store.workflow_list(
+        WorkflowFilter(status=(WorkflowStatus.CANCELLED.value,), parent_id=rec.workflow_id, limit=None)
+    )
+    return [c.workflow_id for c in children if c.completed_at == rec.completed_at]
 
 
 def decode_outcome(rec: WorkflowRecord) -> Any:
@@ -52,7 +67,7 @@ def decode_outcome(rec: WorkflowRecord) -> Any:
     raise AssertionError(f"not a terminal status: {status}")
 
 
-class Manager:
+class Manager(Messaging):
     """Management calls over a store. Subclasses say which loop the store lives on."""
 
     poll_interval: float = 0.1
@@ -69,26 +84,39 @@ class Manager:
 
     # -- waiting ---------------------------------------------------------------------------------------
     async def _wait_terminal(self, workflow_id: str, timeout: float | None) -> WorkflowRecord:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            rec = await self.store.workflow_get(workflow_id)
-            if rec is None:
-                raise WorkflowNotFound(workflow_id)
-            if WorkflowStatus(rec.status).is_terminal:
-                return rec
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout}s")
-            # Other processes' outcomes arrive by NOTIFY where the store has it; else re-check often.
-            ceiling = SAFETY_RECHECK if self.store.notifies_other_processes else self.poll_interval
-            wait = min(delay, ceiling)
-            if deadline is not None:
-                wait = min(wait, max(0.0, deadline - time.monotonic()))
-            await self._wait_for_change(workflow_id, wait)
-            delay *= 2
+        """Wait for a terminal row: subscribed before each check, so no wake-up falls in between.
 
-    async def _wait_for_change(self, workflow_id: str, seconds: float) -> None:
-        await self.store.notifier.wait(workflow_key(workflow_id), seconds)
+        With a store that notifies other processes the wait relies on that, re-checking only as a guard
+        against a lost notification; otherwise (SQLite across processes) it re-checks from 2 ms, doubling
+        up to `poll_interval`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        notifies = self.store.notifies_other_processes
+        delay = SAFETY_RECHECK if notifies else 0.002
+        ceiling = SAFETY_RECHECK if notifies else self.poll_interval
+        keys = [workflow_key(workflow_id)]
+        notifier = self.store.notifier
+        while True:
+            woken = notifier.subscribe(keys)
+            try:
+                rec = await self.store.workflow_get(workflow_id)
+                if rec is None:
+                    raise WorkflowNotFound(workflow_id)
+                if WorkflowStatus(rec.status).is_terminal:
+                    return rec
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout}s")
+                wait = min(delay, ceiling)
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - time.monotonic()))
+                try:
+                    async with asyncio.timeout(wait):
+                        await asyncio.shield(woken)
+                except TimeoutError:
+                    pass
+            finally:
+                notifier.unsubscribe(keys, woken)
+            delay *= 2
 
     async def _result(self, workflow_id: str, timeout: float | None) -> Any:
         return decode_outcome(await self._wait_terminal(workflow_id, timeout))

@@ -29,7 +29,7 @@ from .client import Client
 from .errors import ConfigurationError, PerdureError, WorkflowNotFound
 from .messaging import SLEEP_STEP
 from .runtime import DEFAULT_DATABASE_URL
-from .store.base import WorkflowStatus
+from .store.base import RESUMABLE_STATUSES, WorkflowStatus
 from .workflows import StepInfo, WorkflowInfo
 
 T = TypeVar("T")
@@ -484,11 +484,13 @@ def resume_workflow(ctx: click.Context, workflow_id: str, database_url: str | No
     url = _database_url(ctx, database_url)
 
     async def go(client: Client) -> WorkflowInfo:
+        # The status before: once queued, a runtime may take it (PENDING) before we could look again.
+        before = await client.get_workflow(workflow_id)
         await client.resume(workflow_id)
-        return await client.get_workflow(workflow_id)
+        return before
 
     info = _with_client(url, go)
-    if info.status == WorkflowStatus.ENQUEUED:
+    if info.status.value in RESUMABLE_STATUSES:
         click.echo(f"resumed workflow {workflow_id!r}: queued for a runtime that has its code")
     else:
         click.echo(f"workflow {workflow_id!r} is already {info.status.value}")

@@ -1,7 +1,8 @@
 """`Client`: inspect and steer workflows from a process that does not run them (a web API, a script, a CLI).
 
 A Client never needs the workflows' code: it reads and writes the system database only. Work it asks for
-(resume, fork) is put on perdure's internal queue, where any launched runtime that has the code picks it up.
+(start by name, resume, fork) is put on perdure's internal queue, where any launched runtime that has the
+code picks it up. It also talks to workflows: `send`, `get_event`, `get_all_events`, `read_stream`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from ._loopthread import LoopThread
-from ._management import Manager, WorkflowHandle
-from .errors import ConfigurationError, WorkflowNotFound
+from ._management import Manager, WorkflowHandle, cancelled_with
+from .errors import ConfigurationError, WorkflowConflictError, WorkflowNotFound
+from .queues import ClientQueues, resume_queue
+from .serialization import dump_untyped_args
 from .store import create_store
-from .store.base import INTERNAL_QUEUE, RESUMABLE_STATUSES, Store
+from .store.base import INTERNAL_QUEUE, RESUMABLE_STATUSES, Store, WorkflowRecord, WorkflowStatus, now_ms
+from .store.notify import queue_key
 
 T = TypeVar("T")
 
 
-class Client(Manager):
+class Client(ClientQueues, Manager):
     """`async with Client(url) as client:` (or `with Client(url) as client:` and the `_sync` methods)."""
 
     def __init__(self, database_url: str | None = None, *, poll_interval: float = 0.1) -> None:
@@ -89,6 +93,65 @@ class Client(Manager):
         return await self._on_loop(super()._result(workflow_id, timeout))
 
     # -- steering ----------------------------------------------------------------------------------------
+    async def start(
+        self,
+        workflow_name: str,
+        *args: Any,
+        workflow_id: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle:
+        """Start the workflow registered as `workflow_name` with these arguments, without its code here.
+
+        The run is queued for any launched runtime that has the code (woken at once on PostgreSQL, within
+        its `poll_interval` on SQLite); the arguments are stored as JSON and checked against the
+        function when a runtime takes it. The same `workflow_id` started twice runs once.
+        """
+        if not isinstance(workflow_name, str) or not workflow_name:
+            raise ConfigurationError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
+        if workflow_id is not None and (
+            not isinstance(workflow_id, str) or not workflow_id.strip() or len(workflow_id) > 512
+        ):
+            raise ConfigurationError(
+                f"workflow_id must be a non-empty string of at most 512 characters, got {workflow_id!r}"
+            )
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError(f"timeout must be positive, got {timeout}")
+        t = now_ms()
+        record = WorkflowRecord(
+            workflow_id=workflow_id or uuid.uuid4().hex,
+            name=workflow_name,
+            status=WorkflowStatus.ENQUEUED,
+            inputs=dump_untyped_args(args, kwargs),
+            created_at=t,
+            updated_at=t,
+            queue_name=INTERNAL_QUEUE,
+            timeout_ms=None if timeout is None else int(timeout * 1000),
+        )
+
+        async def go() -> WorkflowHandle:
+            outcome = await self._store.workflow_insert(record)
+            if not outcome.inserted and outcome.record.name != workflow_name:
+                raise WorkflowConflictError(
+                    f"workflow id {record.workflow_id!r} is already used by a run of {outcome.record.name!r}, "
+                    f"not {workflow_name!r}"
+                )
+            if outcome.inserted:
+                await self._store.notify_keys([queue_key(INTERNAL_QUEUE)])
+            return WorkflowHandle(record.workflow_id, self)
+
+        return await self._on_loop(go())
+
+    def start_sync(
+        self,
+        workflow_name: str,
+        *args: Any,
+        workflow_id: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle:
+        return self._blocking(self.start(workflow_name, *args, workflow_id=workflow_id, timeout=timeout, **kwargs))
+
     async def retrieve(self, workflow_id: str) -> WorkflowHandle:
         if await self._on_loop(self._store.workflow_get(workflow_id)) is None:
             raise WorkflowNotFound(workflow_id)
@@ -101,7 +164,7 @@ class Client(Manager):
     async def resume(self, workflow_id: str) -> WorkflowHandle:
         """Queue a CANCELLED/ERROR/RETRIES_EXCEEDED workflow to continue from its last completed step."""
 
-        async def go() -> WorkflowHandle:
+        async def go(workflow_id: str) -> WorkflowHandle:
             existing = await self._store.workflow_get(workflow_id)
             if existing is None:
                 raise WorkflowNotFound(workflow_id)
@@ -110,21 +173,29 @@ class Client(Manager):
                     f"workflow {workflow_id!r} is {existing.status}; only CANCELLED, ERROR or RETRIES_EXCEEDED "
                     "workflows can be resumed (fork() re-runs a finished one)"
                 )
-            await self._store.workflow_resume(workflow_id, executor_id=None, queue_name=INTERNAL_QUEUE)
+            for child_id in await cancelled_with(self._store, existing):
+                await go(child_id)  # cancelled along with it: continues along with it
+            queue_name = resume_queue(existing) or INTERNAL_QUEUE  # a queued workflow goes back to its queue
+            await self._store.workflow_resume(workflow_id, executor_id=None, queue_name=queue_name)
+            await self._store.notify_keys([queue_key(queue_name)])
             return WorkflowHandle(workflow_id, self)
 
-        return await self._on_loop(go())
+        return await self._on_loop(go(workflow_id))
 
     async def fork(self, workflow_id: str, from_step: int, *, new_workflow_id: str | None = None) -> WorkflowHandle:
         """Queue a new run reusing the checkpoints of positions < `from_step`."""
         if not isinstance(from_step, int) or from_step < 0:
             raise ConfigurationError(f"from_step must be a non-negative integer, got {from_step!r}")
         new_id = new_workflow_id or uuid.uuid4().hex
-        record = await self._on_loop(
-            self._store.workflow_fork(
+
+        async def go() -> WorkflowRecord:
+            record = await self._store.workflow_fork(
                 workflow_id, new_id, from_step, executor_id=None, queue_name=INTERNAL_QUEUE, app_version=None
             )
-        )
+            await self._store.notify_keys([queue_key(INTERNAL_QUEUE)])
+            return record
+
+        record = await self._on_loop(go())
         return WorkflowHandle(record.workflow_id, self)
 
     def retrieve_sync(self, workflow_id: str) -> WorkflowHandle:

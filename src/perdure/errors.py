@@ -129,3 +129,12 @@ class WorkflowError(PerdureError):
         self.message = message
         self.traceback = traceback
         self.extra = extra
+
+
+class StreamClosed(PerdureError):
+    """A value was written to a stream after `close_stream` closed it."""
+
+    def __init__(self, workflow_id: str, key: str) -> None:
+        super().__init__(f"stream {key!r} of workflow {workflow_id!r} is closed; nothing more can be written to it")
+        self.workflow_id = workflow_id
+        self.key = key

@@ -19,17 +19,18 @@ from typing import Any, TypeVar
 
 from . import _context, _executors
 from ._loopthread import LoopThread
-from ._management import Manager, WorkflowHandle, decode_outcome
+from ._management import Manager, WorkflowHandle, cancelled_with, decode_outcome
 from .errors import (
     ConfigurationError,
     NotLaunchedError,
     OwnershipLost,
     SerializationError,
+    UnknownWorkflowError,
     WorkflowCancelled,
     WorkflowConflictError,
     WorkflowNotFound,
 )
-from .messaging import relay_wakeups
+from .queues import QueueAdmin, QueueEngine, resume_queue
 from .serialization import dump_error, load_error
 from .store import create_store
 from .store.base import (
@@ -37,11 +38,12 @@ from .store.base import (
     RESUMABLE_STATUSES,
     ClaimRequest,
     Store,
+    WorkflowFilter,
     WorkflowRecord,
     WorkflowStatus,
     now_ms,
 )
-from .store.notify import queue_key, workflow_key
+from .store.notify import workflow_key
 from .workflows import WorkflowDef, registered_workflows, workflow_def_of
 
 T = TypeVar("T")
@@ -82,7 +84,7 @@ def _check_workflow_id(workflow_id: object) -> str:
     return workflow_id
 
 
-class Perdure(Manager):
+class Perdure(QueueAdmin, Manager):
     """The durable-execution runtime of this process.
 
     `database_url`: `sqlite:///path.sqlite` (default: `$PERDURE_DATABASE_URL`, else
@@ -125,10 +127,11 @@ class Perdure(Manager):
         self._loop_thread: LoopThread | None = None
         self._running: dict[str, _Run] = {}
         self._maintenance: asyncio.Task[None] | None = None
-        self._wakeup_relay: asyncio.Task[None] | None = None
         self._queue_wakeup: asyncio.Event | None = None
+        self._queue_engine: QueueEngine | None = None
         self._launched = False
         self._closing = False
+        self._unknown_reported: set[str] = set()
 
     # -- properties --------------------------------------------------------------------------------------
     @property
@@ -163,12 +166,10 @@ class Perdure(Manager):
             self._queue_wakeup = asyncio.Event()
             self._launched = True
             self._closing = False
+            self._queue_engine = QueueEngine(self)  # before recovery: recovered queued work goes back on its queue
             await self._recover(include_self=True)
+            await self._queue_engine.start()
             self._maintenance = asyncio.create_task(self._maintain(), name="perdure-maintenance")
-            # Work a Client puts on the internal queue (start by name) is announced on this key.
-            self._wakeup_relay = asyncio.create_task(
-                relay_wakeups(self._store, queue_key(INTERNAL_QUEUE), self._wake_queue), name="perdure-wakeups"
-            )
         except BaseException:
             self._launched = False
             with _active_lock:
@@ -182,12 +183,11 @@ class Perdure(Manager):
         if not self._launched:
             return
         self._closing = True
+        if self._queue_engine is not None:
+            await self._queue_engine.stop()
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
-        if self._wakeup_relay is not None:
-            self._wakeup_relay.cancel()
-            await asyncio.gather(self._wakeup_relay, return_exceptions=True)
         tasks = []
         for run in list(self._running.values()):
             if run.timer is not None:
@@ -639,9 +639,13 @@ class Perdure(Manager):
                 f"workflow {workflow_id!r} is {existing.status}; only CANCELLED, ERROR or RETRIES_EXCEEDED "
                 "workflows can be resumed (fork() re-runs a finished one)"
             )
-        if defn is None:
-            record = await self._store.workflow_resume(workflow_id, executor_id=None, queue_name=INTERNAL_QUEUE)
-            self._wake_queue()
+        for child_id in await cancelled_with(self._store, existing):
+            await self._resume_here(child_id)  # cancelled along with it: continues along with it
+        queue_name = resume_queue(existing)  # a queued workflow goes back to its queue, whose limits hold
+        if defn is None or queue_name is not None:
+            queue_name = queue_name or INTERNAL_QUEUE
+            record = await self._store.workflow_resume(workflow_id, executor_id=None, queue_name=queue_name)
+            self._wake_queue(queue_name)
             return WorkflowHandle(record.workflow_id, self)
         record = await self._store.workflow_resume(workflow_id, executor_id=self.executor_id, queue_name=None)
         if record.status == WorkflowStatus.PENDING and record.executor_id == self.executor_id:
@@ -695,9 +699,10 @@ class Perdure(Manager):
     async def _dispatch_stored(self, defn: WorkflowDef, record: WorkflowRecord) -> None:
         """Run a workflow from its stored inputs and checkpoints (recovery, resume, fork, queue)."""
         old = self._running.get(record.workflow_id)
-        if old is not None and old.ctx.cancel_reason is not None:
-            # Resumed while its cancelled run is still stopping (a sync body stops only at its next
-            # durable operation): start the new run once the old one is gone, from the checkpoints then.
+        if old is not None:
+            # Resumed (or re-queued) while an earlier run of it is still here: a cancelled one still
+            # stopping (a sync body stops only at its next durable operation), or one whose writes are
+            # now refused. Once it is gone, run it from the checkpoints if it is still ours and PENDING.
             wid = record.workflow_id
             old.done.add_done_callback(lambda _: self.loop.create_task(self._dispatch_after_stop(defn, wid)))
             return
@@ -711,6 +716,8 @@ class Perdure(Manager):
         self._dispatch(defn, record, args, kwargs, recorded={s.step_id: s for s in steps})
 
     async def _dispatch_after_stop(self, defn: WorkflowDef, workflow_id: str) -> None:
+        if self._closing or not self._launched:
+            return  # shutting down: recovery takes it from here
         try:
             record = await self._store.workflow_get(workflow_id)
             if (
@@ -751,6 +758,7 @@ class Perdure(Manager):
         if not dead:
             return 0
         registry = registered_workflows()
+        await self._report_unknown(dead, registry)
         claimed = await self._store.workflow_claim(
             ClaimRequest(
                 executor_id=self.executor_id,
@@ -760,6 +768,7 @@ class Perdure(Manager):
                 any_version=self.app_version is None,
             )
         )
+        requeue: list[str] = []
         for record in claimed:
             defn = registry[record.name]
             limit = defn.max_recovery_attempts or self.max_recovery_attempts
@@ -774,8 +783,14 @@ class Perdure(Manager):
                 await self._store.workflow_set_status(record.workflow_id, WorkflowStatus.RETRIES_EXCEEDED, error=err)
                 self._notify_changed(record.workflow_id)
                 continue
+            if resume_queue(record) is not None:
+                requeue.append(record.workflow_id)  # back through its queue, so the queue's limits hold
+                continue
             log.info("perdure: recovering workflow %s (%s) from %s", record.workflow_id, record.name, dead)
             await self._dispatch_stored(defn, record)
+        if requeue:
+            log.info("perdure: %d queued workflows of %s go back on their queues", len(requeue), dead)
+            await self._store.queue_requeue(requeue, self.executor_id)
         for owner in dead:
             if (
                 owner != self.executor_id
@@ -785,17 +800,28 @@ class Perdure(Manager):
                 await self._store.executor_remove(owner)
         return len(claimed)
 
-    def _wake_queue(self) -> None:
-        if self._queue_wakeup is not None:
-            self._queue_wakeup.set()
+    async def _report_unknown(self, dead: list[str], registry: dict[str, WorkflowDef]) -> None:
+        """Say, once per workflow, that a dead executor left work whose code this process lacks."""
+        for owner in dead:
+            pending = await self._store.workflow_list(
+                WorkflowFilter(status=(WorkflowStatus.PENDING.value,), executor_id=owner, limit=100)
+            )
+            for record in pending:
+                if record.name in registry or record.workflow_id in self._unknown_reported:
+                    continue
+                self._unknown_reported.add(record.workflow_id)
+                log.error(
+                    "perdure: %s",
+                    UnknownWorkflowError(
+                        f"workflow {record.workflow_id!r} of dead executor {owner!r} runs {record.name!r}, which "
+                        "is not registered in this process; it waits for an executor that has its code "
+                        "(import the module that defines it before launch)"
+                    ),
+                )
 
-    async def _claim_internal_queue(self) -> None:
-        registry = registered_workflows()
-        claimed = await self._store.queue_claim(
-            INTERNAL_QUEUE, self.executor_id, tuple(registry), 100, self.app_version
-        )
-        for record in claimed:
-            await self._dispatch_stored(registry[record.name], record)
+    def _wake_queue(self, queue_name: str = INTERNAL_QUEUE) -> None:
+        if self._queue_engine is not None:
+            self._queue_engine.poke(queue_name)
 
     async def _maintain(self) -> None:
         """Heartbeat, takeover of dead executors, remote cancellations, internal queue."""
@@ -823,7 +849,6 @@ class Perdure(Manager):
                         )
                     last_heartbeat = now
                 await self._recover(include_self=False)
-                await self._claim_internal_queue()
                 if self._running:
                     statuses = await self._store.workflow_statuses(list(self._running))
                     for wid, status in statuses.items():

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from . import _context
 from .errors import ConfigurationError, NotLaunchedError, SerializationError, StepTimeout
-from .serialization import FunctionCodec, args_hash, check_serializer, dump_error, load_error, parse_error
+from .serialization import FunctionCodec, check_serializer, dump_error, load_error, parse_error
 from .store.base import StepRecord, WorkflowRecord, WorkflowStatus, now_ms
 
 if TYPE_CHECKING:
@@ -313,7 +313,9 @@ def _run_attempts_sync(
 
     opts = defn.options
     attempt = 1
-    ctx = _context.current()
+    # Inside a step body the workflow context is hidden; its cancel must still cut a retry wait short.
+    scope = _context.step_scope()
+    ctx = scope.ctx if scope is not None else _context.current()
     while True:
         if tries is not None:
             tries[:] = [attempt]
@@ -341,13 +343,13 @@ def _replay(ctx: _context.WorkflowContext, defn: StepDef, pos: int, rec: StepRec
 
 async def run_step(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     pos, rec = ctx.take_position()
-    h = args_hash(args, kwargs)
+    h = defn.codec.fingerprint(args, kwargs)
     if rec is not None:
         return _replay(ctx, defn, pos, rec, h)
     started = now_ms()
     tries = [1]
     try:
-        with _context.in_step(ctx, pos):
+        with _context.in_step(ctx, pos, tries):
             result = await run_attempts(defn, args, kwargs, ctx, tries)
     except Exception as exc:
         ctx.raise_if_cancelled()
@@ -363,13 +365,13 @@ async def run_step(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any
 
 def _run_step_sync(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     pos, rec = ctx.take_position()
-    h = args_hash(args, kwargs)
+    h = defn.codec.fingerprint(args, kwargs)
     if rec is not None:
         return _replay(ctx, defn, pos, rec, h)
     started = now_ms()
     tries = [1]
     try:
-        with _context.in_step(ctx, pos):
+        with _context.in_step(ctx, pos, tries):
             result = _run_attempts_sync(defn, args, kwargs, tries)
     except Exception as exc:
         ctx.raise_if_cancelled()
@@ -408,7 +410,7 @@ async def durable_call(
     started = now_ms()
     tries = [1]
     try:
-        with _context.in_step(ctx, pos):
+        with _context.in_step(ctx, pos, tries):
             result = await run_attempts(defn, (), {}, ctx, tries)
     except Exception as exc:
         ctx.raise_if_cancelled()
@@ -556,6 +558,13 @@ class WorkflowInfo:
     error: str | None
     """`Type: message` of the stored exception, if any."""
     error_traceback: str | None
+    priority: int = 0
+    """Queue priority (lower runs first)."""
+    partition_key: str | None = None
+    dedup_key: str | None = None
+    """Held while the workflow is queued or running; released when it finishes."""
+    delay_until: datetime | None = None
+    """A DELAYED workflow is not dequeued before this time."""
 
     @classmethod
     def from_record(cls, r: WorkflowRecord) -> WorkflowInfo:
@@ -579,6 +588,10 @@ class WorkflowInfo:
             output=r.output if r.serializer == "json" else None,
             error=err.summary if err else None,
             error_traceback=err.traceback if err else None,
+            priority=r.priority,
+            partition_key=r.partition_key,
+            dedup_key=r.dedup_key,
+            delay_until=_dt(r.delay_until),
         )
 
 
@@ -590,7 +603,7 @@ class StepInfo:
     step_id: int
     name: str
     status: str
-    """SUCCESS or ERROR."""
+    """SUCCESS or ERROR; WAITING for a `recv` or `get_event` still waiting (its output is the deadline)."""
     output: str | None
     error: str | None
     attempts: int
@@ -605,7 +618,7 @@ class StepInfo:
             workflow_id=r.workflow_id,
             step_id=r.step_id,
             name=r.name,
-            status="ERROR" if r.error is not None else "SUCCESS",
+            status="ERROR" if r.error is not None else ("WAITING" if r.completed_at is None else "SUCCESS"),
             output=r.output,
             error=err.summary if err else None,
             attempts=r.attempts,

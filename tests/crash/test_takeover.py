@@ -113,4 +113,8 @@ def test_frozen_owner_cannot_write_after_takeover(db_url: str, tmp_path: Path) -
         for proc in (owner, taker):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()  # never leave a worker behind, even when the test failed
+                    proc.wait()

@@ -23,9 +23,10 @@ from .. import _context
 from .. import runtime as _runtime
 from .._management import WorkflowHandle
 from ..errors import ConfigurationError
+from ..messaging import close_stream, write_stream
 from ..runtime import active_runtime
 from ..workflows import workflow, workflow_def_of
-from ._durability import PerdureDurability, StepConfig
+from ._durability import EVENTS_STREAM, PerdureDurability, StepConfig
 
 _AGENT_NAMES: dict[str, weakref.ReferenceType[Any]] = {}
 _USAGE = TypeAdapter(RunUsage)
@@ -79,7 +80,10 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
         mcp_steps: StepConfig | None = None,
         event_steps: StepConfig | None = None,
         max_recovery_attempts: int | None = None,
+        stream_events: bool = False,
     ) -> None:
+        """`stream_events=True` writes every event of each run to its durable stream `"events"`, ending
+        with `{"event_kind": "perdure_result", "output": ...}`; follow it with `read_stream(id, "events")`."""
         agent_name = name or agent.name
         if not agent_name:
             raise ConfigurationError(
@@ -107,7 +111,9 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
             tool_steps=tool_steps,
             mcp_steps=mcp_steps,
             event_steps=event_steps,
+            stream_events=stream_events,
         )
+        self.stream_events = stream_events
         self._output = TypeAdapter(agent.output_type) if isinstance(agent.output_type, type) else TypeAdapter(Any)
         deps_type = agent.deps_type if agent.deps_type is not type(None) else Any
         self._deps: TypeAdapter[Any] = TypeAdapter(deps_type)
@@ -135,8 +141,12 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
                 usage_limits=_LIMITS.validate_python(usage_limits) if usage_limits else None,
                 capabilities=[durable.capability],
             )
+            output = durable._output.dump_python(result.output, mode="json")
+            if durable.stream_events:
+                await write_stream(EVENTS_STREAM, {"event_kind": "perdure_result", "output": output})
+                await close_stream(EVENTS_STREAM)
             return {
-                "output": durable._output.dump_python(result.output, mode="json"),
+                "output": output,
                 "messages": ModelMessagesTypeAdapter.dump_python(result.all_messages(), mode="json"),
                 "new_from": len(history),
                 "usage": _USAGE.dump_python(result.usage, mode="json"),

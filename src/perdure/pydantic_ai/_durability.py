@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +35,8 @@ from pydantic_ai.durable_exec import (
     conversation_id_from_run_id,
 )
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, UsageLimitExceeded, UserError
+from pydantic_ai.external_events import external_event_scope
+from pydantic_ai.messages import AgentStreamEvent
 from pydantic_ai.models import Model
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT, RunContext
@@ -45,7 +47,9 @@ from pydantic_core import PydanticSerializationError
 from .. import _context
 from ..errors import NonDeterminismError, SerializationError, WorkflowCancelled
 from ..messaging import sleep as durable_sleep
+from ..messaging import write_stream
 from ..workflows import StepOptions, durable_call, record_value
+from ._events import PerdureEventWaiter
 
 
 class StepConfig(TypedDict, total=False):
@@ -77,8 +81,19 @@ def _serialization_failure(exc: Exception) -> BaseException:
     return SerializationError(f"a value of this agent run cannot be stored as JSON: {exc}")
 
 
+_OPTIONS_CACHE: dict[tuple[tuple[str, Any], ...], StepOptions] = {}
+
+
 def step_options(config: Mapping[str, Any] | None) -> StepOptions:
-    config = dict(config or {})
+    """The StepOptions of a StepConfig, validated once per distinct config (this runs for every step)."""
+    key = tuple(sorted((config or {}).items()))
+    cached = _OPTIONS_CACHE.get(key)
+    if cached is None:
+        cached = _OPTIONS_CACHE[key] = _build_options(dict(config or {}))
+    return cached
+
+
+def _build_options(config: dict[str, Any]) -> StepOptions:
     unknown = set(config) - set(StepConfig.__annotations__)
     if unknown:
         raise UserError(
@@ -179,6 +194,7 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         tool_steps: StepConfig | None = None,
         mcp_steps: StepConfig | None = None,
         event_steps: StepConfig | None = None,
+        stream_events: bool = False,
     ) -> None:
         """Args:
         models: extra models by id, for switching models at run time (a `Model` instance cannot be
@@ -187,7 +203,11 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
             tool events each in a step of their own.
         name: the agent's durable name (default: the agent's `name`); it prefixes every step name.
         model_step, tool_steps, mcp_steps, event_steps: retry policies (`StepConfig`) per kind.
+        stream_events: also write every event of a durable run, as JSON, to the workflow's durable
+            stream `"events"` (`read_stream(workflow_id, "events", offset=...)` follows it live).
         """
+        if stream_events:
+            event_stream_handler = _streaming_handler(event_stream_handler)
         super().__init__(models=models, event_stream_handler=event_stream_handler, name=name)
         for config in (model_step, tool_steps, mcp_steps, event_steps):
             step_options(config)  # refuse unknown options now, not at the first run
@@ -195,7 +215,6 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         self._tool_steps: StepConfig = tool_steps or {}
         self._mcp_steps: StepConfig = mcp_steps or {}
         self._event_steps: StepConfig = event_steps or {}
-        self._run_counts: dict[tuple[str, int], int] = {}
 
     def for_agent(self, agent: AbstractAgent[AgentDepsT, Any]) -> AbstractCapability[AgentDepsT]:
         # Binding walks the agent's toolsets and capabilities; a capability passed per run (as
@@ -222,9 +241,9 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         if ctx is None:
             return None
         # Runs started together (asyncio.gather) resolve their ids at the same position: count them.
-        key = (ctx.workflow_id, ctx.position)
-        index = self._run_counts.get(key, 0)
-        self._run_counts[key] = index + 1
+        counts: dict[int, int] = ctx.scratch.setdefault("pydantic_ai.run_ids", {})
+        index = counts.get(ctx.position, 0)
+        counts[ctx.position] = index + 1
         base = f"{ctx.workflow_id}:{ctx.position}"
         return base if index == 0 else f"{base}:{index}"
 
@@ -277,8 +296,36 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
         if not self.in_durable_context:
             return await super().wrap_run(ctx, handler=handler)
-        with _durable_graph_sleep():
+        with _durable_graph_sleep(), external_event_scope(PerdureEventWaiter(self.name)):
             return await super().wrap_run(ctx, handler=handler)
+
+
+EVENTS_STREAM = "events"
+"""The durable stream an agent run's events go to (with `stream_events=True`)."""
+_EVENT: TypeAdapter[AgentStreamEvent] = TypeAdapter(AgentStreamEvent)
+
+
+def _streaming_handler(user: EventStreamHandler[Any] | None) -> EventStreamHandler[Any]:
+    """Write each event to the run's durable stream, then hand it to the user's handler, if any.
+
+    Model events arrive inside the model-request step, tool events each in a step of their own: a step
+    that runs again rewrites its values instead of adding them, so readers see every event once.
+    """
+
+    async def handler(ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
+        async def tee() -> AsyncIterator[AgentStreamEvent]:
+            async for event in events:
+                if _context.current() is not None or _context.step_scope() is not None:
+                    await write_stream(EVENTS_STREAM, _EVENT.dump_python(event, mode="json"))
+                yield event
+
+        if user is None:
+            async for _ in tee():
+                pass
+        else:
+            await user(ctx, tee())
+
+    return handler
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from .notify import Notifier
+from .queue_types import DequeueRequest, DequeueResult, EnqueueOutcome, QueuePeek, QueueRecord, ScheduleRecord
 
 
 class WorkflowStatus(enum.StrEnum):
@@ -221,12 +222,6 @@ class Store(Protocol):
     async def workflow_active_executors(self) -> list[str]:
         """Executor ids that own PENDING workflows."""
 
-    # -- queues ----------------------------------------------------------------------------------------
-    async def queue_claim(
-        self, queue_name: str, executor_id: str, names: tuple[str, ...], limit: int, app_version: str | None
-    ) -> list[WorkflowRecord]:
-        """Move up to `limit` ENQUEUED workflows of `queue_name` whose name we know to PENDING, owned by us."""
-
     # -- steps -----------------------------------------------------------------------------------------
     async def step_record(self, record: StepRecord, executor_id: str) -> GuardOutcome:
         """Checkpoint a finished step while the workflow is PENDING and ours; never overwrites."""
@@ -242,3 +237,147 @@ class Store(Protocol):
     async def executor_list(self) -> list[ExecutorRecord]: ...
 
     async def executor_remove(self, executor_id: str) -> None: ...
+
+    # -- messaging -------------------------------------------------------------------------------------
+    # Messages, events and streams (store/sqlite_messaging.py, store/postgres_messaging.py). A write made
+    # by a workflow names its position `step_id` and `sub` (0 for the workflow body, n >= 1 for the n-th
+    # write inside the step at that position); writing the same (workflow, step_id, sub) again adds
+    # nothing (an event takes the new value, a stream keeps the first), so retries never duplicate.
+    # `checkpoint`, when given, is recorded in the same transaction (guarded like `step_record`).
+    # Outcomes that are a `StepRecord` are the checkpoint as stored at its position (new, or recorded by
+    # an earlier try of the same write). A checkpoint with no `completed_at` is a wait still under way
+    # (`recv`, `get_event`): its output holds the deadline until it completes.
+    async def message_send(self, destination_id: str, topic: str, value: str, message_id: str) -> bool:
+        """Queue a message for `destination_id` unless `message_id` was sent already (then False).
+
+        Raises `WorkflowNotFound` when the destination does not exist.
+        """
+
+    async def message_send_step(
+        self,
+        destination_id: str,
+        topic: str,
+        value: str,
+        message_id: str,
+        checkpoint: StepRecord,
+        executor_id: str,
+        missing_error: str,
+    ) -> StepRecord | GuardOutcome:
+        """A send from a workflow body: the message and `checkpoint` commit together.
+
+        A missing destination records `missing_error` as the checkpoint's error instead (so a replay
+        raises it again) and sends nothing.
+        """
+
+    async def message_receive(
+        self,
+        workflow_id: str,
+        topic: str,
+        executor_id: str,
+        result: StepRecord,
+        *,
+        wait: StepRecord | None = None,
+        final: bool = False,
+    ) -> StepRecord | GuardOutcome | None:
+        """Consume the oldest unconsumed message of `topic` into the checkpoint `result`, in one transaction.
+
+        A checkpoint still waiting at that position (`completed_at` None) is completed; one already
+        completed (a retried write) is returned and nothing more is consumed. With no message, `final`
+        completes `result` as it is (a timeout); otherwise `wait` (a waiting checkpoint holding the
+        deadline), when given, is recorded and returned, else None.
+        """
+
+    async def step_complete(self, record: StepRecord, executor_id: str) -> GuardOutcome:
+        """Complete the waiting checkpoint at `record.step_id` with `record`'s output (guarded like
+        `step_record`; "ok" also when it was completed already)."""
+
+    async def message_available(self, workflow_id: str, topic: str) -> bool:
+        """Whether an unconsumed message of `topic` waits for the workflow (a cheap read)."""
+
+    async def event_set(
+        self,
+        workflow_id: str,
+        key: str,
+        value: str,
+        *,
+        step_id: int,
+        sub: int,
+        executor_id: str,
+        checkpoint: StepRecord | None = None,
+    ) -> GuardOutcome:
+        """Record a new value of event `key` (history kept; the latest is the value)."""
+
+    async def event_get(self, workflow_id: str, key: str) -> str | None:
+        """The latest value of the event, or None when never set."""
+
+    async def event_get_all(self, workflow_id: str) -> dict[str, str]:
+        """The latest value of every event of the workflow."""
+
+    async def stream_write(
+        self,
+        workflow_id: str,
+        key: str,
+        value: str | None,
+        *,
+        step_id: int,
+        sub: int,
+        executor_id: str,
+        checkpoint: StepRecord | None = None,
+    ) -> GuardOutcome | Literal["closed"]:
+        """Append `value` at the stream's next offset; `value=None` closes the stream.
+
+        "closed": the stream was closed before (nothing written; closing twice is "ok").
+        """
+
+    async def stream_read(self, workflow_id: str, key: str, offset: int, limit: int) -> list[tuple[int, str | None]]:
+        """Up to `limit` (offset, value) pairs from `offset` on, in order; a None value is the close."""
+
+    async def notify_keys(self, keys: list[str]) -> None:
+        """Wake waiters on `keys` here and, where the store can, in other processes."""
+
+    # -- queues ----------------------------------------------------------------------------------------
+    # Queues with flow control, debouncing and cron schedules (store/sqlite_queues.py, store/postgres_queues.py;
+    # records in store/queue_types.py). Budgets are enforced inside the database transaction that dequeues,
+    # so they hold across processes and hosts.
+    async def queue_enqueue(self, record: WorkflowRecord) -> EnqueueOutcome:
+        """Insert an ENQUEUED/DELAYED workflow unless its id exists or its dedup key is held on its queue."""
+
+    async def queue_debounce(
+        self, record: WorkflowRecord, debounce_key: str, max_wait_ms: int | None
+    ) -> tuple[str, bool]:
+        """Insert a DELAYED workflow under `debounce_key`, or, while one waits under it, give that one
+        `record`'s inputs and delay (capped at its creation + `max_wait_ms`). Returns (id, inserted)."""
+
+    async def queue_dequeue(self, request: DequeueRequest) -> DequeueResult:
+        """Make ready workflows of a queue PENDING and ours, within the queue's budget (see DequeueRequest)."""
+
+    async def queue_peek(self, request: DequeueRequest) -> QueuePeek:
+        """Read only: whether a dequeue could take something now, and when to look again."""
+
+    async def queue_requeue(self, workflow_ids: list[str], executor_id: str) -> list[str]:
+        """Put PENDING workflows we own back on their queues as ENQUEUED (recovery goes through the queue)."""
+
+    async def queue_steps(self, workflow_ids: list[str]) -> dict[str, list[StepRecord]]:
+        """The checkpoints of several workflows at once (dequeued runs that may have history)."""
+
+    async def queue_counts(self) -> dict[str, dict[str, int]]:
+        """Workflows per status, per queue."""
+
+    async def queue_register(self, queues: list[tuple[str, str]]) -> None:
+        """Record (name, settings JSON) of the queues a runtime serves."""
+
+    async def queue_registry(self) -> list[QueueRecord]: ...
+
+    async def schedule_register(self, records: list[ScheduleRecord]) -> list[ScheduleRecord]:
+        """Upsert schedule definitions (keeping `paused` and `last_tick`); return the rows as stored."""
+
+    async def schedule_get(self, name: str) -> ScheduleRecord | None: ...
+
+    async def schedule_list(self) -> list[ScheduleRecord]: ...
+
+    async def schedule_set_paused(self, name: str, paused: bool) -> bool:
+        """False when no such schedule."""
+
+    async def schedule_fire(self, name: str, tick: int, record: WorkflowRecord) -> bool:
+        """Unless the schedule is paused: insert the tick's workflow (its id derived from the tick, so only the
+        first of several processes inserts it) and advance `last_tick`. True when this call inserted it."""

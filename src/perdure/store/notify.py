@@ -71,9 +71,7 @@ class Notifier:
 
     async def wait_any(self, keys: list[str], timeout: float) -> bool:
         """`wait` on several keys at once: True when any of them fired before `timeout`."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for key in keys:
-            self._waiters.setdefault(key, set()).add(fut)
+        fut = self.subscribe(keys)
         try:
             async with asyncio.timeout(timeout):
                 await fut
@@ -81,12 +79,23 @@ class Notifier:
         except TimeoutError:
             return False
         finally:
-            for key in keys:
-                waiters = self._waiters.get(key)
-                if waiters is not None:
-                    waiters.discard(fut)
-                    if not waiters:
-                        del self._waiters[key]
+            self.unsubscribe(keys, fut)
+
+    def subscribe(self, keys: list[str]) -> asyncio.Future[None]:
+        """A future resolved by the next `fire` of any of `keys`. Subscribe before checking the condition
+        a wake-up concerns, so a change between the check and the wait is not missed; `unsubscribe` after."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in keys:
+            self._waiters.setdefault(key, set()).add(fut)
+        return fut
+
+    def unsubscribe(self, keys: list[str], fut: asyncio.Future[None]) -> None:
+        for key in keys:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._waiters[key]
 
     @property
     def watched(self) -> int:

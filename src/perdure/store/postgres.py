@@ -50,6 +50,7 @@ from .base import (
 )
 from .notify import Notifier, workflow_key
 from .postgres_messaging import PostgresMessaging
+from .postgres_queues import PostgresQueues
 from .queries import postgres as queries
 from .queries.sqlite import EXECUTOR_COLUMNS, WORKFLOW_COLUMNS
 
@@ -93,7 +94,7 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError | PoolTimeout)
 
 
-class PostgresStore(PostgresMessaging):
+class PostgresStore(PostgresMessaging, PostgresQueues):
     """`Store` on a PostgreSQL database shared by any number of processes and hosts."""
 
     def __init__(self, url: str) -> None:
@@ -554,15 +555,6 @@ class PostgresStore(PostgresMessaging):
             return {}
         rows = await self._read_all(self.q.WORKFLOW_STATUSES, (list(workflow_ids),))
         return {r["workflow_id"]: r["status"] for r in rows}
-
-    # -- queues ----------------------------------------------------------------------------------------
-    async def queue_claim(
-        self, queue_name: str, executor_id: str, names: tuple[str, ...], limit: int, app_version: str | None
-    ) -> list[WorkflowRecord]:
-        if not names or limit <= 0:
-            return []
-        params = {"executor": executor_id, "t": now_ms(), "queue": queue_name, "names": list(names), "limit": limit}
-        return await self._returning(self.q.QUEUE_CLAIM, params)
 
     # -- steps -----------------------------------------------------------------------------------------
     async def step_record(self, record: StepRecord, executor_id: str) -> GuardOutcome:

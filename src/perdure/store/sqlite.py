@@ -37,6 +37,8 @@ from .base import (
 )
 from .notify import Notifier, workflow_key
 from .queries import sqlite as q
+from .sqlite_messaging import SQLiteMessaging
+from .sqlite_queues import SQLiteQueues
 
 T = TypeVar("T")
 
@@ -79,7 +81,7 @@ def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteMessaging, SQLiteQueues):
     """`Store` on one SQLite file."""
 
     def __init__(self, url: str) -> None:
@@ -334,6 +336,7 @@ class SQLiteStore:
                     raise WorkflowNotFound(source_id)
                 raise WorkflowConflictError(f"cannot fork to {new_id!r}: a workflow with that id exists")
             conn.execute(q.STEP_COPY, (new_id, source_id, from_step))
+            self._fork_messaging(conn, source_id, new_id, from_step)
             record = _workflow(conn.execute(q.WORKFLOW_GET, (new_id,)).fetchone())
             assert record is not None
             return record
@@ -396,21 +399,6 @@ class SQLiteStore:
 
     async def workflow_active_executors(self) -> list[str]:
         return [r[0] for r in self._read_all(q.WORKFLOW_ACTIVE_EXECUTORS, ())]
-
-    # -- queues ----------------------------------------------------------------------------------------
-    async def queue_claim(
-        self, queue_name: str, executor_id: str, names: tuple[str, ...], limit: int, app_version: str | None
-    ) -> list[WorkflowRecord]:
-        if not names or limit <= 0:
-            return []
-
-        def op(conn: sqlite3.Connection) -> list[WorkflowRecord]:
-            t = now_ms()
-            sql = q.QUEUE_CLAIM.format(names=_placeholders(len(names)))
-            rows = conn.execute(sql, (executor_id, t, t, t, queue_name, t, *names, limit)).fetchall()
-            return [WorkflowRecord(**dict(r)) for r in rows]
-
-        return await self._write(op)
 
     # -- steps -----------------------------------------------------------------------------------------
     async def step_record(self, record: StepRecord, executor_id: str) -> GuardOutcome:

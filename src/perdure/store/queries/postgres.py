@@ -85,19 +85,6 @@ _TEMPLATES = dict(
         "SELECT DISTINCT executor_id FROM {s}.workflows WHERE status = 'PENDING' AND executor_id IS NOT NULL"
     ),
     WORKFLOW_STATUSES="SELECT workflow_id, status FROM {s}.workflows WHERE workflow_id = ANY(%s)",
-    QUEUE_CLAIM=f"""
-        UPDATE {{s}}.workflows SET status = 'PENDING', executor_id = %(executor)s, started_at = %(t)s,
-            updated_at = %(t)s,
-            deadline_at = CASE WHEN timeout_ms IS NULL THEN deadline_at ELSE %(t)s + timeout_ms END
-        WHERE workflow_id IN (
-            SELECT workflow_id FROM {{s}}.workflows
-            WHERE queue_name = %(queue)s AND (status = 'ENQUEUED' OR (status = 'DELAYED' AND delay_until <= %(t)s))
-              AND name = ANY(%(names)s)
-            ORDER BY priority, created_at LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        )
-        RETURNING {_W}
-    """,
     # The row lock makes the ownership check hold until commit: a takeover waits, or we see its result.
     STEP_INSERT_GUARDED=f"""
         INSERT INTO {{s}}.steps ({_S})

@@ -77,18 +77,6 @@ WORKFLOW_ACTIVE_EXECUTORS = (
 )
 WORKFLOW_STATUSES = "SELECT workflow_id, status FROM workflows WHERE workflow_id IN ({ids})"
 
-QUEUE_CLAIM = f"""
-UPDATE workflows SET status = 'PENDING', executor_id = ?, started_at = ?, updated_at = ?,
-    deadline_at = CASE WHEN timeout_ms IS NULL THEN deadline_at ELSE ? + timeout_ms END
-WHERE workflow_id IN (
-    SELECT workflow_id FROM workflows
-    WHERE queue_name = ? AND (status = 'ENQUEUED' OR (status = 'DELAYED' AND delay_until <= ?))
-      AND name IN ({{names}})
-    ORDER BY priority, created_at LIMIT ?
-)
-RETURNING {", ".join(WORKFLOW_COLUMNS)}
-"""
-
 STEP_COLUMNS = (
     "workflow_id", "step_id", "name", "args_hash", "output", "error", "child_id", "attempts",
     "started_at", "completed_at",
