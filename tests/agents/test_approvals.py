@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from pydantic_ai import Agent
@@ -99,3 +100,19 @@ async def test_replaying_a_finished_approval_does_not_ask_again(app: Perdure) ->
     forked = await app.fork("refund-4", from_step=5)  # past the wait and the tool: all replayed
     assert (await forked.result(timeout=30))["output"] == "final: refunded 30"
     assert len(asked) == 1 and refunds == [30]
+
+
+impatient = DurableAgent(
+    Agent(
+        FunctionModel(script),
+        name="impatient",
+        tools=[Tool(refund, requires_approval=True)],
+        capabilities=[RequestInput(ask=hand_out, name="approve_refund", timeout=timedelta(seconds=0.2))],
+    )
+)
+
+
+async def test_a_wait_that_times_out_denies_the_call(app: Perdure) -> None:
+    raw = await impatient.run("refund me", workflow_id="refund-timeout")
+    assert refunds == []
+    assert "No decision on this tool call arrived" in raw.output

@@ -45,3 +45,21 @@ def test_seed_example_model_comes_from_the_environment(tmp_path: Path) -> None:
     done = run_example("seed_geography.py", tmp_path, PERDURE_EXAMPLE_MODEL="nosuch:model")
     assert done.returncode != 0
     assert "Unknown model: nosuch:model" in done.stderr
+
+
+def test_support_app_starts_runs_streams_events_and_takes_approvals(tmp_path: Path) -> None:
+    env = {**os.environ}
+    env.pop("PERDURE_DATABASE_URL", None)
+    env.pop("PERDURE_EXAMPLE_MODEL", None)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "support_app.py"), "--self-test"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "waiting for approval: ['refund']" in done.stdout
+    assert "{'approved': True}" in done.stdout
+    assert "answer: Done: refunded $30." in done.stdout
