@@ -44,7 +44,8 @@ from .messaging import (
     write_stream,
     write_stream_sync,
 )
-from .queues import Queue, QueueInfo, ScheduleInfo, debounce, debounce_sync
+from .queue_admin import QueueInfo, ScheduleInfo
+from .queues import Queue, debounce, debounce_sync
 from .runtime import Perdure
 from .schedules import scheduled
 from .store.base import WorkflowStatus

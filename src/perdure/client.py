@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 from ._loopthread import LoopThread
 from ._management import Manager, WorkflowHandle, cancelled_with
 from .errors import ConfigurationError, WorkflowConflictError, WorkflowNotFound
-from .queues import ClientQueues, resume_queue
+from .queue_admin import ClientQueues
+from .queues import resume_queue
 from .serialization import dump_untyped_args
 from .store import create_store
 from .store.base import INTERNAL_QUEUE, RESUMABLE_STATUSES, Store, WorkflowRecord, WorkflowStatus, now_ms

@@ -30,7 +30,8 @@ from .errors import (
     WorkflowConflictError,
     WorkflowNotFound,
 )
-from .queues import QueueAdmin, QueueEngine, resume_queue
+from .queue_admin import QueueAdmin
+from .queues import QueueEngine, resume_queue
 from .serialization import dump_error, load_error
 from .store import create_store
 from .store.base import (
