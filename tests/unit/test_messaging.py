@@ -176,7 +176,13 @@ async def test_a_waiting_recv_is_checkpointed_with_its_deadline(app: Perdure) ->
     waiting = waiting_on(app, "msg:deadline")
     h = await app.start(inbox, 1, None, 30.0, workflow_id="deadline")
     await asyncio.wait_for(waiting.wait(), 5)
-    (rec,) = await app.list_steps("deadline")
+    steps = await app.list_steps("deadline")
+    for _ in range(500):  # the waiter subscribes first, then commits its checkpoint: wait for that commit
+        if steps:
+            break
+        await asyncio.sleep(0.01)
+        steps = await app.list_steps("deadline")
+    (rec,) = steps
     assert (rec.name, rec.status, rec.completed_at) == (RECV_STEP, "WAITING", None)
     assert rec.started_at is not None
     assert json.loads(rec.output or "") == int(rec.started_at.timestamp() * 1000) + 30_000

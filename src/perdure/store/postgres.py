@@ -113,6 +113,8 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
         self.notifier = Notifier()
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._writer_conn: Conn | None = None
+        self._writer_pid: int | None = None
         self._committer: AsyncGroupCommitter[Conn] = AsyncGroupCommitter(self._run_batch)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -170,6 +172,9 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
+        if self._writer_conn is not None:
+            await self._writer_conn.close()
+            self._writer_conn = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -194,6 +199,8 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
                         log.warning("perdure: LISTEN connection restored")
                     delay = 0.1
                     async for note in conn.notifies():
+                        if note.pid == self._writer_pid:
+                            continue  # our own write: its waiters here were woken when it committed
                         self.stats.extra["notifications"] = self.stats.extra.get("notifications", 0) + 1
                         self.notifier.fire([note.payload])
             except asyncio.CancelledError:
@@ -256,36 +263,59 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
                 else:
                     op.future.set_result(value)
 
+    async def _writer(self) -> Conn:
+        """The connection every write batch uses. One batch is in flight at a time, so one connection
+        serves them all and no batch pays a pool checkout; after a failure it is opened again."""
+        conn = self._writer_conn
+        if conn is None or conn.closed:
+            conn = await psycopg.AsyncConnection.connect(
+                self.conninfo,
+                autocommit=True,
+                row_factory=dict_row,
+                connect_timeout=max(1, int(min(5.0, self.outage_limit / 2))),
+            )
+            self._writer_conn = conn
+            self._writer_pid = conn.info.backend_pid
+        return conn
+
     async def _execute_batch(self, batch: list[WriteOp[Conn]]) -> list[Any]:
         assert self._pool is not None, "store is not open"
-        async with self._pool.connection() as conn:
-            finals: list[Final | BaseException] = []
-            try:
-                async with conn.pipeline():
-                    await conn.execute("BEGIN")
-                    for op in batch:
-                        try:
-                            finals.append(await op.fn(conn))
-                        except PerdureError as exc:  # a refusal decided by the op itself
-                            finals.append(exc)
-                    await conn.execute("COMMIT")
-            except BaseException:
-                if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn = await self._writer()
+        try:
+            return await self._run_in_transaction(conn, batch)
+        except psycopg.OperationalError:
+            await conn.close()  # broken: the next attempt reconnects
+            self._writer_conn = None
+            raise
+
+    async def _run_in_transaction(self, conn: Conn, batch: list[WriteOp[Conn]]) -> list[Any]:
+        finals: list[Final | BaseException] = []
+        try:
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                for op in batch:
                     try:
-                        await conn.rollback()
-                    except Exception:
-                        pass
-                raise
-            results: list[Any] = []
-            for final in finals:
-                if isinstance(final, BaseException):
-                    results.append(final)
-                else:
-                    try:
-                        results.append(await final())
-                    except PerdureError as exc:
-                        results.append(exc)
-            return results
+                        finals.append(await op.fn(conn))
+                    except PerdureError as exc:  # a refusal decided by the op itself
+                        finals.append(exc)
+                await conn.execute("COMMIT")
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                try:
+                    await conn.rollback()
+                except Exception:
+                    pass
+            raise
+        results: list[Any] = []
+        for final in finals:
+            if isinstance(final, BaseException):
+                results.append(final)
+            else:
+                try:
+                    results.append(await final())
+                except PerdureError as exc:
+                    results.append(exc)
+        return results
 
     async def _write(self, fn: Callable[[Conn], Awaitable[Final]]) -> Any:
         return await self._committer.submit(fn)
