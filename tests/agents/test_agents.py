@@ -128,6 +128,9 @@ async def test_persisted_step_names_are_pinned(app: Perdure) -> None:
     result = await durable_geography.run("What is the capital of Mexico?", workflow_id="geo-1")
     assert result.output == "The capital is Mexico City."
     assert [s.name for s in await app.list_steps("geo-1")] == EXPECTED_STEPS
+    kinds = [m.kind for m in result.all_messages()]
+    assert kinds == ["request", "response", "request", "response"]
+    assert result.new_messages() == result.all_messages()  # no history was given
     info = await app.get_workflow("geo-1")
     assert info.name == "geography.run"
 

@@ -39,15 +39,22 @@ class DurableRunResult(Generic[OutputDataT]):
 
     output: OutputDataT
     workflow_id: str
-    _messages: list[ModelMessage] = field(repr=False)
+    _raw_messages: Any = field(repr=False)
     _new_from: int = field(repr=False)
     _usage: RunUsage = field(repr=False)
+    _messages: list[ModelMessage] | None = field(default=None, repr=False)
+
+    def _decoded(self) -> list[ModelMessage]:
+        # Decoded on first use: a caller that only reads `output` does not pay for the whole history.
+        if self._messages is None:
+            self._messages = ModelMessagesTypeAdapter.validate_python(self._raw_messages)
+        return self._messages
 
     def all_messages(self) -> list[ModelMessage]:
-        return list(self._messages)
+        return list(self._decoded())
 
     def new_messages(self) -> list[ModelMessage]:
-        return self._messages[self._new_from :]
+        return self._decoded()[self._new_from :]
 
     @property
     def usage(self) -> RunUsage:
@@ -191,7 +198,7 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
         return DurableRunResult(
             output=self._output.validate_python(raw["output"]),
             workflow_id=workflow_id,
-            _messages=ModelMessagesTypeAdapter.validate_python(raw["messages"]),
+            _raw_messages=raw["messages"],
             _new_from=int(raw.get("new_from", 0)),
             _usage=_USAGE.validate_python(raw["usage"]),
         )
