@@ -13,13 +13,13 @@ import functools
 import inspect
 import random
 import uuid as uuid_module
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from . import _context
-from .errors import ConfigurationError, NotLaunchedError, SerializationError, StepTimeout
+from .errors import ConfigurationError, SerializationError, StepTimeout
 from .serialization import FunctionCodec, check_serializer, dump_error, load_error, parse_error
 from .store.base import StepRecord, WorkflowRecord, WorkflowStatus, now_ms
 
@@ -449,21 +449,17 @@ async def record_value(
     return value
 
 
-def _run_value_sync(coro: Awaitable[R]) -> R:
+def _run_value_sync(coro: Coroutine[Any, Any, R]) -> R:
+    """Run a recorded-value coroutine for a sync workflow: on the runtime loop, with the workflow bound."""
     ctx = _context.require("a perdure _sync function")
     if ctx.on_loop_thread():
+        coro.close()
         raise ConfigurationError("perdure's _sync functions are for sync workflows; use the async form here")
 
-    async def wrap() -> R:
-        return await coro
-
-    # The value is produced and recorded on the runtime loop; the sync workflow thread waits for it.
-    token_ctx = ctx
-
     async def in_context() -> R:
-        token = _context.bind(token_ctx)
+        token = _context.bind(ctx)
         try:
-            return await wrap()
+            return await coro
         finally:
             _context.unbind(token)
 
@@ -626,12 +622,6 @@ class StepInfo:
             completed_at=_dt(r.completed_at),
             child_id=r.child_id,
         )
-
-
-def ensure_launched(runtime: Perdure | None) -> Perdure:
-    if runtime is None:
-        raise NotLaunchedError("no launched perdure runtime in this process; use `async with Perdure(...)`")
-    return runtime
 
 
 __all__ = [

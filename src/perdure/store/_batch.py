@@ -43,9 +43,6 @@ class GroupCommitter(Generic[C]):
         self._backoff = 0.0
         self._max_batch = max_batch
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.commits = 0
-        self.writes = 0
-        self.busy_retries = 0
 
     def submit(self, fn: Callable[[C], Any], *, atomic: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -75,7 +72,6 @@ class GroupCommitter(Generic[C]):
             self._run_batch(batch)
         except Busy:
             self._pending[:0] = batch
-            self.busy_retries += 1
             self._backoff = min(max(self._backoff * 2, 0.0005), 0.05)
             assert self._loop is not None
             self._scheduled = True
@@ -86,9 +82,6 @@ class GroupCommitter(Generic[C]):
             for op in batch:
                 if not op.future.done():
                     op.future.set_exception(exc)
-        else:
-            self.commits += 1
-            self.writes += len(batch)
         self._backoff = 0.0
         if self._pending and not self._scheduled:
             assert self._loop is not None

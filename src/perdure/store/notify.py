@@ -69,18 +69,6 @@ class Notifier:
                 if not waiters:
                     del self._waiters[key]
 
-    async def wait_any(self, keys: list[str], timeout: float) -> bool:
-        """`wait` on several keys at once: True when any of them fired before `timeout`."""
-        fut = self.subscribe(keys)
-        try:
-            async with asyncio.timeout(timeout):
-                await fut
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self.unsubscribe(keys, fut)
-
     def subscribe(self, keys: list[str]) -> asyncio.Future[None]:
         """A future resolved by the next `fire` of any of `keys`. Subscribe before checking the condition
         a wake-up concerns, so a change between the check and the wait is not missed; `unsubscribe` after."""
@@ -96,7 +84,3 @@ class Notifier:
                 waiters.discard(fut)
                 if not waiters:
                     del self._waiters[key]
-
-    @property
-    def watched(self) -> int:
-        return len(self._waiters)
