@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 import perdure
+from helpers import query, waiting_on
 from perdure import Client, NotLaunchedError, Perdure, step, workflow
 from perdure.messaging import GET_EVENT_STEP, SET_EVENT_STEP
 
@@ -28,30 +29,6 @@ def _reset() -> None:
 
 def gate(key: str) -> asyncio.Event:
     return GATES.setdefault(key, asyncio.Event())
-
-
-def waiting_on(app: Perdure, key: str) -> asyncio.Event:
-    """An event set as soon as someone in this process starts waiting for a wake-up on `key`."""
-    notifier = app.store.notifier
-    seen = asyncio.Event()
-    subscribe = notifier.subscribe
-
-    def spy(keys: list[str]) -> asyncio.Future[None]:
-        if key in keys:
-            seen.set()
-        return subscribe(keys)
-
-    notifier.subscribe = spy  # type: ignore[method-assign]
-    return seen
-
-
-async def query(app: Perdure, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Raw rows from the system database; `{s}` before a table name, `?` placeholders."""
-    store: Any = app.store
-    if hasattr(store, "schema"):
-        rows = await store._read_all(sql.replace("{s}", store.schema + ".").replace("?", "%s"), params)
-        return [tuple(r.values()) for r in rows]
-    return [tuple(r) for r in store._read_all(sql.replace("{s}", ""), params)]
 
 
 class Progress(BaseModel):

@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 import perdure
+from helpers import query
 from perdure import Client, NotLaunchedError, Perdure, StreamClosed, WorkflowNotFound, step, workflow
 from perdure.messaging import CLOSE_STREAM_STEP, WRITE_STREAM_STEP
 
@@ -25,15 +26,6 @@ def _reset() -> None:
 
 def gate(key: str) -> asyncio.Event:
     return GATES.setdefault(key, asyncio.Event())
-
-
-async def query(app: Perdure, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Raw rows from the system database; `{s}` before a table name, `?` placeholders."""
-    store: Any = app.store
-    if hasattr(store, "schema"):
-        rows = await store._read_all(sql.replace("{s}", store.schema + ".").replace("?", "%s"), params)
-        return [tuple(r.values()) for r in rows]
-    return [tuple(r) for r in store._read_all(sql.replace("{s}", ""), params)]
 
 
 class Token(BaseModel):
