@@ -4,8 +4,8 @@ Usage: python queue_worker.py DB_URL WORKDIR NAME LEASE MODE
   MODE work  - serve the queues below until WORKDIR/stop exists
   MODE sched - the same, and fire the schedule `p.every-second` (6-field cron, every second)
 
-Every run writes its start and end (and a tick its time) to the table `runs` of WORKDIR/runlog.sqlite,
-with the wall-clock time: the tests compute overlaps and counts from those rows.
+Every run writes its start and end (and a tick its time) to the table `runs` of WORKDIR/runlog.sqlite (the
+test makes it), with the wall-clock time: the tests compute overlaps and counts from those rows.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ CONC3 = Queue("p-conc3", concurrency=3, worker_concurrency=2)
 RATE = Queue("p-rate", rate_limit=(3, 0.5))
 KILL = Queue("p-kill", concurrency=2, worker_concurrency=1)
 
-_log = sqlite3.connect(DIR / "runlog.sqlite", isolation_level=None, timeout=30)
-_log.execute("PRAGMA journal_mode=WAL")
-_log.execute("CREATE TABLE IF NOT EXISTS runs (wid TEXT, proc TEXT, event TEXT, t REAL)")
+_log = sqlite3.connect(DIR / "runlog.sqlite", isolation_level=None, timeout=30)  # made by the test, in WAL
 
 
 def runlog(event: str) -> None:

@@ -33,6 +33,11 @@ class Workers:
         self.db_url = db_url
         self.dir = workdir
         self.procs: dict[str, subprocess.Popen[str]] = {}
+        # Made here, before any worker runs: workers racing to switch a new file to WAL would fail.
+        log = sqlite3.connect(workdir / "runlog.sqlite", isolation_level=None)
+        log.execute("PRAGMA journal_mode=WAL")
+        log.execute("CREATE TABLE runs (wid TEXT, proc TEXT, event TEXT, t REAL)")
+        log.close()
 
     def start(self, *names: str, mode: str = "work") -> None:
         for name in names:
@@ -44,7 +49,18 @@ class Workers:
                 text=True,
                 env=env,
             )
-        wait_until("the workers are up", lambda: all((self.dir / f"ready-{n}").exists() for n in names))
+        wait_until(
+            "the workers are up", lambda: self._alive(names) and all((self.dir / f"ready-{n}").exists() for n in names)
+        )
+
+    def _alive(self, names: tuple[str, ...]) -> bool:
+        """True while every named worker runs; a worker that died fails the test with its stderr."""
+        for name in names:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                pytest.fail(f"worker {name} exited with {proc.returncode} before it was ready:\n{err}")
+        return True
 
     def kill(self, name: str) -> float:
         self.procs[name].send_signal(signal.SIGKILL)

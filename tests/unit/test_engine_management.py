@@ -359,6 +359,27 @@ async def test_database_newer_than_the_code_is_refused(sqlite_url: str) -> None:
         assert fresh.launched
 
 
+async def test_launch_waits_out_another_process_writing_a_fresh_file(sqlite_url: str) -> None:
+    # A writer on a file still in rollback mode makes SQLite refuse the switch to WAL at once, without its
+    # busy handler: two processes launching on a new file together hit exactly this.
+    path = sqlite_url.removeprefix("sqlite:///")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE unrelated (x)")
+    other.execute("BEGIN IMMEDIATE")
+    app = Perdure(sqlite_url, maintenance_interval=0.05)
+    launching = asyncio.create_task(app.launch())
+    while app.store.stats.busy_retries == 0:  # refused once, and retrying
+        assert not launching.done(), launching.exception()
+        await asyncio.sleep(0.005)
+    other.execute("COMMIT")
+    other.close()
+    await launching
+    try:
+        assert await app.store.schema_version() >= 1
+    finally:
+        await app.shutdown()
+
+
 async def test_schema_is_created_with_a_version(sqlite_url: str) -> None:
     path = sqlite_url.removeprefix("sqlite:///")
     async with Perdure(sqlite_url, maintenance_interval=0.05) as app:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -116,14 +117,38 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
 
     def _open_blocking(self) -> None:
         conn = self._connect(self.busy_timeout_ms)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise ConfigurationError(f"SQLite database {self.path!r} could not be switched to WAL (got {mode})")
-        self._migrate(conn)
+        try:
+            self._prepare_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
         # The writer never waits inside SQLite: a locked database is retried by the group committer.
         conn.execute("PRAGMA busy_timeout=0")
         self._writer = conn
         self._reader = self._connect(self.busy_timeout_ms)
+
+    def _prepare_schema(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL and migrate, retrying while another process does the same on a fresh file.
+
+        SQLite answers "database is locked" at once, without its busy handler, when two connections switch a
+        new file to WAL together; both steps are idempotent, so they are retried until busy_timeout runs out.
+        """
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        pause = 0.005
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise ConfigurationError(f"SQLite database {self.path!r} could not be switched to WAL (got {mode})")
+                self._migrate(conn)
+                return
+            except sqlite3.OperationalError as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() + pause > deadline:
+                    raise
+                self.stats.busy_retries += 1
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
