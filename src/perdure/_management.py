@@ -96,6 +96,7 @@ class Manager(Messaging):
         ceiling = SAFETY_RECHECK if notifies else self.poll_interval
         keys = [workflow_key(workflow_id)]
         notifier = self.store.notifier
+        watched = not notifies  # without cross-process notifications there is nothing to ask for
         while True:
             woken = notifier.subscribe(keys)
             try:
@@ -104,6 +105,11 @@ class Manager(Messaging):
                     raise WorkflowNotFound(workflow_id)
                 if WorkflowStatus(rec.status).is_terminal:
                     return rec
+                if not watched:
+                    # Its finish may come from another process: ask for the notification, then look again.
+                    await self.store.workflow_watch(workflow_id)
+                    watched = True
+                    continue
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"workflow {workflow_id!r} did not finish within {timeout}s")
                 wait = min(delay, ceiling)

@@ -176,10 +176,12 @@ async def _wait_for(
     deadline: int | None,
     poll_interval: float,
     ctx: _context.WorkflowContext | None = None,
+    watch: str | None = None,
 ) -> T | None:
     """Call `check(final, woken)` until it returns a value; between calls sleep until one of `keys` fires
     or a re-check is due. `final` is True once the deadline (ms) has passed: that call's answer is the
-    last. `woken` says a notification (not a timer) ended the previous wait.
+    last. `woken` says a notification (not a timer) ended the previous wait. `watch`: a workflow whose
+    finish ends the wait; before the first sleep it is watched (`Store.workflow_watch`) and checked again.
 
     Waiting for a workflow (`ctx`), a cancel of it ends the wait: its task is cancelled, and as a guard
     (on Python 3.11 a cancel racing a timeout deep in a driver can be lost) every re-check looks too.
@@ -198,6 +200,10 @@ async def _wait_for(
             got = await check(final, woken)
             if got is not None or final:
                 return got
+            if watch is not None and store.notifies_other_processes:
+                await store.workflow_watch(watch)
+                watch = None
+                continue
             wait = min(delay, ceiling)
             if deadline is not None:
                 wait = max(0.0, min(wait, (deadline - now_ms()) / 1000))
@@ -531,7 +537,8 @@ async def _read_event(
             return await store.event_get(workflow_id, key) or "null"
         return None
 
-    got = await _wait_for(store, [event_key(workflow_id, key), workflow_key(workflow_id)], check, deadline, poll, ctx)
+    keys = [event_key(workflow_id, key), workflow_key(workflow_id)]
+    got = await _wait_for(store, keys, check, deadline, poll, ctx, watch=workflow_id)
     return None if got == "null" else got
 
 
@@ -742,7 +749,9 @@ async def _stream_batch(
         values = [(o, v) for o, v in rows if v is not None]
         return values, len(values) < len(rows)
 
-    got = await _wait_for(store, [stream_key(workflow_id, key), workflow_key(workflow_id)], check, None, poll)
+    got = await _wait_for(
+        store, [stream_key(workflow_id, key), workflow_key(workflow_id)], check, None, poll, watch=workflow_id
+    )
     assert got is not None
     return got
 

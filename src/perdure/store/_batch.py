@@ -25,14 +25,19 @@ class Busy(Exception):
 
 
 class WriteOp(Generic[C]):
-    """One queued write: `fn(conn)` runs inside the batch transaction."""
+    """One queued write: `fn(conn)` runs inside the batch transaction.
 
-    __slots__ = ("atomic", "fn", "future")
+    `single`: the op sends exactly one statement and reads no result before the commit, so a backend
+    may run it (or a batch of such ops) without an explicit BEGIN and COMMIT.
+    """
 
-    def __init__(self, fn: Callable[[C], Any], future: asyncio.Future[Any], atomic: bool) -> None:
+    __slots__ = ("atomic", "fn", "future", "single")
+
+    def __init__(self, fn: Callable[[C], Any], future: asyncio.Future[Any], atomic: bool, single: bool = False) -> None:
         self.fn = fn
         self.future = future
         self.atomic = atomic
+        self.single = single
 
 
 class GroupCommitter(Generic[C]):
@@ -108,10 +113,10 @@ class AsyncGroupCommitter(Generic[C]):
         self._flusher: asyncio.Task[None] | None = None
         self._max_batch = max_batch
 
-    def submit(self, fn: Callable[[C], Any], *, atomic: bool = False) -> asyncio.Future[Any]:
+    def submit(self, fn: Callable[[C], Any], *, atomic: bool = False, single: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(WriteOp(fn, fut, atomic))
+        self._pending.append(WriteOp(fn, fut, atomic, single))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
         return fut

@@ -183,6 +183,14 @@ class Store(Protocol):
     ) -> GuardOutcome:
         """Write the outcome while the workflow is PENDING and owned by `executor_id`."""
 
+    async def workflow_watch(self, workflow_id: str) -> None:
+        """Ask that this workflow's finish wake waiters in other processes.
+
+        Called by a waiter before it waits, then it checks again. A store that notifies other processes
+        sends the finish's notification only for watched workflows, so runs nobody waits for elsewhere
+        cost no NOTIFY; a store that never notifies other processes does nothing.
+        """
+
     async def workflow_cancel(self, workflow_id: str, *, with_children: bool = True) -> list[str]:
         """Mark the workflow (and its descendants) CANCELLED unless already terminal; return changed ids."""
 

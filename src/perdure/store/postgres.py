@@ -290,15 +290,27 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
 
     async def _run_in_transaction(self, conn: Conn, batch: list[WriteOp[Conn]]) -> list[Any]:
         finals: list[Final | BaseException] = []
+
+        async def run_ops() -> None:
+            for op in batch:
+                try:
+                    finals.append(await op.fn(conn))
+                except PerdureError as exc:  # a refusal decided by the op itself
+                    finals.append(exc)
+
         try:
-            async with conn.pipeline():
-                await conn.execute("BEGIN")
-                for op in batch:
-                    try:
-                        finals.append(await op.fn(conn))
-                    except PerdureError as exc:  # a refusal decided by the op itself
-                        finals.append(exc)
-                await conn.execute("COMMIT")
+            if len(batch) == 1 and batch[0].single:
+                await run_ops()  # one statement in autocommit mode: its own transaction, one round trip
+            elif all(op.single for op in batch):
+                # No result is read before the pipeline's single Sync, so the server runs every statement
+                # up to it as one implicit transaction: all commit together or none does.
+                async with conn.pipeline():
+                    await run_ops()
+            else:
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    await run_ops()
+                    await conn.execute("COMMIT")
         except BaseException:
             if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 try:
@@ -317,8 +329,9 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
                     results.append(exc)
         return results
 
-    async def _write(self, fn: Callable[[Conn], Awaitable[Final]]) -> Any:
-        return await self._committer.submit(fn)
+    async def _write(self, fn: Callable[[Conn], Awaitable[Final]], *, single: bool = False) -> Any:
+        """Queue `fn` for the next batch; `single`: it sends exactly one statement and reads nothing."""
+        return await self._committer.submit(fn, single=single)
 
     def _translate(self, exc: psycopg.Error) -> Exception:
         return exc
@@ -346,19 +359,20 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
 
         async def op(conn: Conn) -> Final:
             ins = await conn.execute(self.q.WORKFLOW_INSERT, values)
-            cur = await conn.execute(self.q.WORKFLOW_GET, (record.workflow_id,))
 
-            async def done() -> InsertOutcome:
-                if ins.rowcount == 1:
-                    return InsertOutcome(True, record)
-                existing = _workflow(await cur.fetchone())
-                assert existing is not None
-                return InsertOutcome(False, existing)
+            async def done() -> int:
+                return ins.rowcount
 
             return done
 
-        result: InsertOutcome = await self._write(op)
-        return result
+        while True:
+            if await self._write(op, single=True) == 1:
+                return InsertOutcome(True, record)
+            # Taken (rare: a retry, a duplicate start): read the run that holds the id. Only a deletion
+            # between the two can make it vanish; then the insert is simply tried again.
+            existing = await self.workflow_get(record.workflow_id)
+            if existing is not None:
+                return InsertOutcome(False, existing)
 
     async def workflow_get(self, workflow_id: str) -> WorkflowRecord | None:
         return _workflow(await self._read_one(self.q.WORKFLOW_GET, (workflow_id,)))
@@ -416,18 +430,27 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
         params = {"status": status, "output": output, "error": error, "t": now_ms(), "id": workflow_id}
         params["executor"] = executor_id
 
+        if self.notifies_other_processes:
+            params["channel"], params["key"] = self.channel, workflow_key(workflow_id)
+            sql = self.q.WORKFLOW_FINISH_NOTIFY  # one statement: the update, and a NOTIFY only if it updated
+        else:
+            sql = self.q.WORKFLOW_FINISH
+
         async def op(conn: Conn) -> Final:
-            cur = await conn.execute(self.q.WORKFLOW_FINISH, params)
-            await self._notify(conn, [workflow_key(workflow_id)])
+            cur = await conn.execute(sql, params)
 
             async def done() -> int:
                 return cur.rowcount
 
             return done
 
-        rowcount = await self._write(op)
+        rowcount = await self._write(op, single=True)
         self.notifier.fire([workflow_key(workflow_id)])
         return "ok" if rowcount == 1 else await self._why_not(workflow_id, executor_id)
+
+    async def workflow_watch(self, workflow_id: str) -> None:
+        if self.notifies_other_processes:
+            await self._rowcount(self.q.WORKFLOW_WATCH, (workflow_id,))
 
     async def workflow_cancel(self, workflow_id: str, *, with_children: bool = True) -> list[str]:
         async def op(conn: Conn) -> Final:
@@ -548,7 +571,7 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
 
             return done
 
-        result: int = await self._write(op)
+        result: int = await self._write(op, single=True)
         return result
 
     async def _returning(self, sql: str, params: Any) -> list[WorkflowRecord]:
@@ -611,7 +634,7 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
 
             return done
 
-        if await self._write(op) == 1:
+        if await self._write(op, single=True) == 1:
             return "ok"
         why = await self._why_not(record.workflow_id, executor_id)
         if why == "ok":

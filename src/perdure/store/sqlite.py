@@ -304,6 +304,9 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
         self.notifier.fire([workflow_key(workflow_id)])
         return outcome
 
+    async def workflow_watch(self, workflow_id: str) -> None:
+        return None  # waiters in other processes poll SQLite: there is nobody to notify
+
     async def workflow_cancel(self, workflow_id: str, *, with_children: bool = True) -> list[str]:
         def op(conn: sqlite3.Connection) -> list[str]:
             if conn.execute(q.WORKFLOW_EXISTS, (workflow_id,)).fetchone() is None:

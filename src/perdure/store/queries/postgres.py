@@ -34,6 +34,21 @@ _TEMPLATES = dict(
             completed_at = %(t)s, updated_at = %(t)s, dedup_key = NULL
         WHERE workflow_id = %(id)s AND executor_id = %(executor)s AND (status = 'PENDING' OR status = %(status)s)
     """,
+    # Only a watched run (someone in some process waits for it: WORKFLOW_WATCH) is announced. The row lock
+    # orders a watch and a finish: either the finish sees the flag, or the watcher's re-check sees the end.
+    WORKFLOW_FINISH_NOTIFY="""
+        WITH finished AS (
+            UPDATE {s}.workflows SET status = %(status)s, output = %(output)s, error = %(error)s,
+                completed_at = %(t)s, updated_at = %(t)s, dedup_key = NULL
+            WHERE workflow_id = %(id)s AND executor_id = %(executor)s AND (status = 'PENDING' OR status = %(status)s)
+            RETURNING watched
+        )
+        SELECT CASE WHEN watched THEN pg_notify(%(channel)s, %(key)s) END FROM finished
+    """,
+    WORKFLOW_WATCH=f"""
+        UPDATE {{s}}.workflows SET watched = true
+        WHERE workflow_id = %s AND NOT watched AND status NOT IN {_TERMINAL}
+    """,
     WORKFLOW_CANCEL_ONE=f"""
         UPDATE {{s}}.workflows SET status = 'CANCELLED', updated_at = %(t)s, completed_at = %(t)s, dedup_key = NULL
         WHERE workflow_id = %(id)s AND status NOT IN {_TERMINAL} RETURNING workflow_id
