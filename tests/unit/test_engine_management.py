@@ -380,6 +380,25 @@ async def test_launch_waits_out_another_process_writing_a_fresh_file(sqlite_url:
         await app.shutdown()
 
 
+async def test_a_checkpoint_meeting_another_process_lock_waits_and_lands(sqlite_url: str) -> None:
+    path = sqlite_url.removeprefix("sqlite:///")
+    async with Perdure(sqlite_url, maintenance_interval=0.05) as app:
+        handle = await app.start(blocked_wf, "lk")
+        await entered("lk")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process is writing
+        gate("open:lk").set()  # the step returns: its checkpoint is the only write, and meets the lock
+        async with asyncio.timeout(10):
+            while app.store.stats.busy_retries == 0:
+                await asyncio.sleep(0.005)
+        assert (await handle.status()).status == WorkflowStatus.PENDING
+        other.execute("COMMIT")
+        other.close()
+        assert await handle.result() == ["lk-a", "opened lk", "lk-c"]
+        assert RUNS["blocks:lk"] == 1
+        assert [s.output for s in await app.list_steps(handle.workflow_id)][1] == '"opened lk"'
+
+
 async def test_schema_is_created_with_a_version(sqlite_url: str) -> None:
     path = sqlite_url.removeprefix("sqlite:///")
     async with Perdure(sqlite_url, maintenance_interval=0.05) as app:

@@ -27,8 +27,8 @@ class Busy(Exception):
 class WriteOp(Generic[C]):
     """One queued write: `fn(conn)` runs inside the batch transaction.
 
-    `single`: the op sends exactly one statement and reads no result before the commit, so a backend
-    may run it (or a batch of such ops) without an explicit BEGIN and COMMIT.
+    `single`: the op's first statement is its only write, and it reads nothing before that commits, so a
+    backend may run it (or a batch of such ops) without an explicit BEGIN and COMMIT.
     """
 
     __slots__ = ("atomic", "fn", "future", "single")
@@ -49,23 +49,41 @@ class GroupCommitter(Generic[C]):
         self._max_batch = max_batch
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def submit(self, fn: Callable[[C], Any], *, atomic: bool = False) -> asyncio.Future[Any]:
+    def submit(self, fn: Callable[[C], Any], *, atomic: bool = False, single: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
         elif loop is not self._loop:
             raise RuntimeError("a perdure store is bound to the event loop that opened it")
         fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(WriteOp(fn, fut, atomic))
+        op = WriteOp(fn, fut, atomic, single)
         if not self._scheduled:
-            if not getattr(loop, "_ready", True):
+            if not self._pending and not self._backoff and not getattr(loop, "_ready", True):
                 # Nothing else is ready to run, so no other write can join this batch: commit now
                 # instead of a loop turn later. (Only where the loop exposes its ready queue.)
-                self._flush()
-            else:
-                self._scheduled = True
-                loop.call_soon(self._flush)
+                self._run_alone(op)
+                return fut
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        self._pending.append(op)
         return fut
+
+    def _run_alone(self, op: WriteOp[C]) -> None:
+        try:
+            self._run_batch([op])
+        except Busy:
+            self._pending.append(op)
+            self._retry_later()
+        except BaseException as exc:
+            log.error("perdure: a write batch failed to commit: %s", exc)
+            if not op.future.done():
+                op.future.set_exception(exc)
+
+    def _retry_later(self) -> None:
+        self._backoff = min(max(self._backoff * 2, 0.0005), 0.05)
+        assert self._loop is not None
+        self._scheduled = True
+        self._loop.call_later(self._backoff * random.uniform(0.5, 1.5), self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -77,10 +95,7 @@ class GroupCommitter(Generic[C]):
             self._run_batch(batch)
         except Busy:
             self._pending[:0] = batch
-            self._backoff = min(max(self._backoff * 2, 0.0005), 0.05)
-            assert self._loop is not None
-            self._scheduled = True
-            self._loop.call_later(self._backoff * random.uniform(0.5, 1.5), self._flush)
+            self._retry_later()
             return
         except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
             log.error("perdure: a write batch failed to commit: %s", exc)

@@ -78,6 +78,10 @@ def _workflow(row: sqlite3.Row | None) -> WorkflowRecord | None:
     return None if row is None else WorkflowRecord(**dict(row))
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
@@ -189,10 +193,13 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
         conn = self._writer
         if conn is None:
             raise RuntimeError("store is closed")
+        if len(batch) == 1 and batch[0].single:
+            self._run_single(conn, batch[0])
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            if _is_busy(exc):
                 self.stats.busy_retries += 1
                 raise Busy() from exc
             raise
@@ -225,8 +232,33 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
             else:
                 op.future.set_exception(value)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, atomic: bool = False) -> T:
-        result: T = await self._committer.submit(fn, atomic=atomic)
+    def _run_single(self, conn: sqlite3.Connection, op: WriteOp[sqlite3.Connection]) -> None:
+        """One op whose first statement is its only write: that statement is its own transaction.
+
+        Saves the BEGIN and COMMIT statements on the hot path (a lone step checkpoint). A locked database
+        fails the statement as a whole, so the op is retried like any batch.
+        """
+        try:
+            value = op.fn(conn)
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc) and not conn.in_transaction:
+                self.stats.busy_retries += 1
+                raise Busy() from exc
+            if not op.future.done():
+                op.future.set_exception(exc)
+            return
+        except Exception as exc:
+            if not op.future.done():
+                op.future.set_exception(exc)
+            return
+        self.stats.commits += 1
+        self.stats.batched_writes += 1
+        if not op.future.done():
+            op.future.set_result(value)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, atomic: bool = False, single: bool = False) -> T:
+        """Queue `fn` for the next batch; `single`: its first statement is its only write."""
+        result: T = await self._committer.submit(fn, atomic=atomic, single=single)
         return result
 
     def _read_one(self, sql: str, params: Iterable[Any]) -> sqlite3.Row | None:
@@ -250,7 +282,7 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
             assert existing is not None
             return InsertOutcome(False, existing)
 
-        return await self._write(op)
+        return await self._write(op, single=True)
 
     async def workflow_get(self, workflow_id: str) -> WorkflowRecord | None:
         return _workflow(self._read_one(q.WORKFLOW_GET, (workflow_id,)))
@@ -300,7 +332,7 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
                 return "ok"
             return _why_not(conn, workflow_id, executor_id)
 
-        outcome = await self._write(op)
+        outcome = await self._write(op, single=True)
         self.notifier.fire([workflow_key(workflow_id)])
         return outcome
 
@@ -456,7 +488,7 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
                 return "ok" if row is not None and row[0] == record.name else "conflict"
             return why
 
-        return await self._write(op)
+        return await self._write(op, single=True)
 
     async def step_list(self, workflow_id: str) -> list[StepRecord]:
         return [StepRecord(**dict(r)) for r in self._read_all(q.STEP_LIST, (workflow_id,))]
