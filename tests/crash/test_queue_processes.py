@@ -166,8 +166,10 @@ def test_rate_limit_holds_across_processes(workers: Workers, db_url: str) -> Non
     assert len(starts) == 9
     for s in starts:
         assert sum(1 for x in starts if s <= x < s + period) <= n
-    for first, nxt in zip(starts[::n], starts[n::n], strict=False):  # the budget is used as soon as it frees
-        assert period <= nxt - first < period + timedelta(milliseconds=500)
+    for first, nxt in zip(starts[::n], starts[n::n], strict=False):
+        assert period <= nxt - first  # the limit: a window never admits more than n
+        # and the budget is used again once it frees (a loose bound: a busy machine delays the pickup)
+        assert nxt - first < period + timedelta(seconds=2)
     workers.stop()
 
 
