@@ -56,28 +56,33 @@ def test_three_workers_same_ids_then_one_killed(db_url: str, tmp_path: Path) -> 
             "every step a is checkpointed",
             lambda: all(len(client.list_steps_sync(f"job-{i}")) == 1 for i in range(100)),
         )
-        owned_by_w1 = {w.workflow_id for w in client.list_workflows_sync(executor_id="w1", limit=None)}
-        assert len(client.list_workflows_sync(limit=None)) == 100
-    assert owned_by_w1, "w1 should own some of the jobs"
-    workers["w1"].send_signal(signal.SIGKILL)
-    workers["w1"].wait()
+        rows = client.list_workflows_sync(limit=None)
+        assert len(rows) == 100
+    # Which worker won each id's start is a race; kill the one that holds the most (it holds some).
+    owners = Counter(w.executor_id for w in rows)
+    victim, held = owners.most_common(1)[0]
+    owned_by_victim = {w.workflow_id for w in rows if w.executor_id == victim}
+    assert held == len(owned_by_victim) > 0
+    workers[victim].send_signal(signal.SIGKILL)
+    workers[victim].wait()
     (tmp_path / "gate").touch()
-    for name in ("w2", "w3"):
+    survivors = [name for name in workers if name != victim]
+    for name in survivors:
         out, err = workers[name].communicate(timeout=120)
         assert workers[name].returncode == 0, err
         assert json.loads(out.strip().splitlines()[-1]) == {"done": 100}
     counts = effects(tmp_path)
     for i in range(100):
-        # Completed steps ran exactly once; w1 died inside step b, which then ran once elsewhere.
+        # Completed steps ran exactly once; the victim died inside step b, which then ran once elsewhere.
         assert counts[f"a-{i}"] == 1
         assert counts[f"c-{i}"] == 1
         assert sum(v for k, v in counts.items() if k.startswith(f"b-{i}-")) == 1
-    assert not any(k.endswith("-w1") and k.startswith("b-") for k in counts)
+    assert not any(k.endswith(f"-{victim}") and k.startswith("b-") for k in counts)
     with Client(db_url) as client:
         rows = client.list_workflows_sync(limit=None)
         assert {w.status.value for w in rows} == {"SUCCESS"}
-        taken = [w for w in rows if w.workflow_id in owned_by_w1]
-        assert all(w.executor_id in ("w2", "w3") and w.recovery_attempts == 1 for w in taken)
+        taken = [w for w in rows if w.workflow_id in owned_by_victim]
+        assert all(w.executor_id in survivors and w.recovery_attempts == 1 for w in taken)
 
 
 def test_frozen_owner_cannot_write_after_takeover(db_url: str, tmp_path: Path) -> None:
