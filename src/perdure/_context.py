@@ -11,7 +11,7 @@ import asyncio
 import contextvars
 import threading
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from .errors import NonDeterminismError, NotLaunchedError, OwnershipLost, WorkflowCancelled
 from .store.base import StepRecord, now_ms
@@ -93,11 +93,15 @@ class WorkflowContext:
         if outcome == "ok":
             self.recorded[record.step_id] = record
             return
+        self.refused(outcome, record.step_id)
+
+    def refused(self, outcome: str, position: int) -> NoReturn:
+        """Raise for a write of this run the store refused: cancelled, or owned by another executor now."""
         if outcome == "cancelled":
             self.cancel_reason = self.cancel_reason or "cancelled"
             raise WorkflowCancelled(self.workflow_id, self.cancel_reason)
         raise OwnershipLost(
-            f"workflow {self.workflow_id!r}: checkpoint of step {record.step_id} refused ({outcome}); "
+            f"workflow {self.workflow_id!r}: the operation at position {position} was refused ({outcome}); "
             "another executor owns it now"
         )
 

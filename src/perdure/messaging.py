@@ -28,10 +28,8 @@ from . import _context
 from .errors import (
     ConfigurationError,
     NotLaunchedError,
-    OwnershipLost,
     SerializationError,
     StreamClosed,
-    WorkflowCancelled,
     WorkflowNotFound,
 )
 from .serialization import args_hash, dump_error, dump_value
@@ -218,22 +216,12 @@ async def _wait_for(
             store.notifier.unsubscribe(keys, fut)
 
 
-def _refused(ctx: _context.WorkflowContext, outcome: str, pos: int) -> NoReturn:
-    if outcome == "cancelled":
-        ctx.cancel_reason = ctx.cancel_reason or "cancelled"
-        raise WorkflowCancelled(ctx.workflow_id, ctx.cancel_reason)
-    raise OwnershipLost(
-        f"workflow {ctx.workflow_id!r}: the operation at position {pos} was refused ({outcome}); "
-        "another executor owns it now"
-    )
-
-
 def _accept(ctx: _context.WorkflowContext, outcome: StepRecord | GuardOutcome, pos: int, name: str) -> StepRecord:
     """The checkpoint a combined write left at `pos`, kept for replay; a refusal raises."""
     if not isinstance(outcome, StepRecord):
-        _refused(ctx, outcome, pos)
+        ctx.refused(outcome, pos)
     if outcome.name != name:
-        _refused(ctx, "conflict", pos)
+        ctx.refused("conflict", pos)
     ctx.recorded[pos] = outcome
     return outcome
 
@@ -412,7 +400,7 @@ async def _recv(ctx: _context.WorkflowContext, topic: str, timeout: float | None
             return None
         outcome = await store.message_receive(ctx.workflow_id, topic, ctx.executor_id, result, wait=wait, final=final)
         if isinstance(outcome, str):
-            _refused(ctx, outcome, pos)
+            ctx.refused(outcome, pos)
         wait = None
         if outcome is None:
             return None
@@ -480,7 +468,7 @@ async def _set_event(
             ctx.workflow_id, key, value, step_id=pos, sub=0, executor_id=ctx.executor_id, checkpoint=checkpoint
         )
         if outcome != "ok":
-            _refused(ctx, outcome, pos)
+            ctx.refused(outcome, pos)
         ctx.recorded[pos] = checkpoint
         return
     assert scope is not None
@@ -489,7 +477,7 @@ async def _set_event(
         wctx.workflow_id, key, value, step_id=scope.position, sub=scope.next_write(), executor_id=wctx.executor_id
     )
     if outcome != "ok":
-        _refused(wctx, outcome, scope.position)
+        wctx.refused(outcome, scope.position)
 
 
 async def set_event(key: str, value: Any) -> None:
@@ -569,7 +557,7 @@ async def _get_event_durable(
     done = ctx.step_record(pos, GET_EVENT_STEP, args_hash=h, output=value or "null", started_at=started)
     outcome = await store.step_complete(done, ctx.executor_id)
     if outcome != "ok":
-        _refused(ctx, outcome, pos)
+        ctx.refused(outcome, pos)
     ctx.recorded[pos] = done
     return value
 
@@ -679,7 +667,7 @@ async def _stream_op(
     if outcome == "closed":
         raise StreamClosed(wctx.workflow_id, key)
     if outcome != "ok":
-        _refused(wctx, outcome, where)
+        wctx.refused(outcome, where)
     if ctx is not None:
         ctx.recorded[where] = checkpoint
 

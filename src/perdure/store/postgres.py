@@ -6,8 +6,10 @@ URL: `postgresql://user@host:port/db?schema=perdure&notify=on&pool_size=10&outag
 - `outage_limit` (seconds, default 60): how long store calls keep retrying while the server is unreachable
   before they fail with `StoreUnavailable`.
 
-A batch of concurrent writes runs as one pipelined transaction (`BEGIN; ...; COMMIT` in one round trip);
-its futures resolve only after the commit answered. Connection failures pause the batch and retry it
+A batch of concurrent writes runs as one pipelined transaction in one round trip: `BEGIN; ...; COMMIT`,
+or, when every write in it is a single statement, just those statements up to the pipeline's Sync (one
+implicit transaction; a lone one is a plain autocommit statement). Its futures resolve only after the
+commit answered. Connection failures pause the batch and retry it
 with backoff and jitter: every write is idempotent on retry (see the Store protocol), so a commit whose
 answer was lost is safe to repeat.
 """
@@ -52,7 +54,7 @@ from .notify import Notifier, workflow_key
 from .postgres_messaging import PostgresMessaging
 from .postgres_queues import PostgresQueues
 from .queries import postgres as queries
-from .queries.sqlite import EXECUTOR_COLUMNS, WORKFLOW_COLUMNS
+from .queries.sqlite import EXECUTOR_COLUMNS, WORKFLOW_COLUMNS, step_guarded_values
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[dict[str, Any]]
@@ -611,20 +613,7 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
 
     # -- steps -----------------------------------------------------------------------------------------
     async def step_record(self, record: StepRecord, executor_id: str) -> GuardOutcome:
-        values = (
-            record.workflow_id,
-            record.step_id,
-            record.name,
-            record.args_hash,
-            record.output,
-            record.error,
-            record.child_id,
-            record.attempts,
-            record.started_at,
-            record.completed_at,
-            record.workflow_id,
-            executor_id,
-        )
+        values = step_guarded_values(record, executor_id)
 
         async def op(conn: Conn) -> Final:
             cur = await conn.execute(self.q.STEP_INSERT_GUARDED, values)

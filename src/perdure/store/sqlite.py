@@ -147,8 +147,7 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
                 self._migrate(conn)
                 return
             except sqlite3.OperationalError as exc:
-                locked = "locked" in str(exc) or "busy" in str(exc)
-                if not locked or time.monotonic() + pause > deadline:
+                if not _is_busy(exc) or time.monotonic() + pause > deadline:
                     raise
                 self.stats.busy_retries += 1
                 time.sleep(pause)
@@ -462,20 +461,7 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
 
     # -- steps -----------------------------------------------------------------------------------------
     async def step_record(self, record: StepRecord, executor_id: str) -> GuardOutcome:
-        values = (
-            record.workflow_id,
-            record.step_id,
-            record.name,
-            record.args_hash,
-            record.output,
-            record.error,
-            record.child_id,
-            record.attempts,
-            record.started_at,
-            record.completed_at,
-            record.workflow_id,
-            executor_id,
-        )
+        values = q.step_guarded_values(record, executor_id)
 
         def op(conn: sqlite3.Connection) -> GuardOutcome:
             if conn.execute(q.STEP_INSERT_GUARDED, values).rowcount == 1:

@@ -20,23 +20,6 @@ from .queries import sqlite_messaging as mq
 T = TypeVar("T")
 
 
-def _step_values(record: StepRecord, executor_id: str) -> tuple[Any, ...]:
-    return (
-        record.workflow_id,
-        record.step_id,
-        record.name,
-        record.args_hash,
-        record.output,
-        record.error,
-        record.child_id,
-        record.attempts,
-        record.started_at,
-        record.completed_at,
-        record.workflow_id,
-        executor_id,
-    )
-
-
 def _stored_step(conn: sqlite3.Connection, workflow_id: str, step_id: int) -> StepRecord | None:
     row = conn.execute(mq.STEP_GET, (workflow_id, step_id)).fetchone()
     return None if row is None else StepRecord(**dict(row))
@@ -93,7 +76,7 @@ class SQLiteMessaging:
                 record = replace(checkpoint, output=None, error=missing_error)
             elif _stored_step(conn, wf, checkpoint.step_id) is None:
                 conn.execute(mq.MESSAGE_INSERT, (message_id, destination_id, topic, value, now_ms()))
-            conn.execute(q.STEP_INSERT_GUARDED, _step_values(record, executor_id))
+            conn.execute(q.STEP_INSERT_GUARDED, q.step_guarded_values(record, executor_id))
             stored = _stored_step(conn, wf, checkpoint.step_id)
             assert stored is not None
             return stored
@@ -126,12 +109,12 @@ class SQLiteMessaging:
             elif final:
                 record = replace(result, completed_at=t)
             elif stored is None and wait is not None:
-                conn.execute(q.STEP_INSERT_GUARDED, _step_values(wait, executor_id))
+                conn.execute(q.STEP_INSERT_GUARDED, q.step_guarded_values(wait, executor_id))
                 return wait
             else:
                 return stored
             if stored is None:
-                conn.execute(q.STEP_INSERT_GUARDED, _step_values(record, executor_id))
+                conn.execute(q.STEP_INSERT_GUARDED, q.step_guarded_values(record, executor_id))
             else:
                 conn.execute(mq.STEP_COMPLETE, (record.output, t, workflow_id, record.step_id, record.name))
                 record = replace(record, started_at=stored.started_at)
@@ -184,7 +167,7 @@ class SQLiteMessaging:
             if conn.execute(mq.EVENT_WRITTEN, (workflow_id, step_id, sub)).fetchone() is None:
                 return _refusal(conn, workflow_id, executor_id)
             if checkpoint is not None:
-                conn.execute(q.STEP_INSERT_GUARDED, _step_values(checkpoint, executor_id))
+                conn.execute(q.STEP_INSERT_GUARDED, q.step_guarded_values(checkpoint, executor_id))
             return "ok"
 
         outcome: GuardOutcome = await self._write(op, atomic=True)
@@ -231,7 +214,7 @@ class SQLiteMessaging:
                 if conn.execute(mq.OWNED, params).fetchone() is None:
                     return _refusal(conn, workflow_id, executor_id)
             if checkpoint is not None:
-                conn.execute(q.STEP_INSERT_GUARDED, _step_values(checkpoint, executor_id))
+                conn.execute(q.STEP_INSERT_GUARDED, q.step_guarded_values(checkpoint, executor_id))
             return "ok"
 
         outcome: GuardOutcome | Literal["closed"] = await self._write(op, atomic=True)

@@ -1,5 +1,12 @@
 """Named SQL for the SQLite store. `{...}` slots are filled only with placeholders or status constants."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..base import StepRecord
+
 WORKFLOW_COLUMNS = (
     "workflow_id", "name", "status", "inputs", "output", "error", "serializer", "executor_id",
     "app_version", "parent_id", "forked_from", "recovery_attempts", "timeout_ms", "deadline_at",
@@ -87,6 +94,26 @@ SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
 WHERE EXISTS (SELECT 1 FROM workflows WHERE workflow_id = ? AND status = 'PENDING' AND executor_id = ?)
 ON CONFLICT (workflow_id, step_id) DO NOTHING
 """
+
+
+def step_guarded_values(record: StepRecord, executor_id: str) -> tuple[Any, ...]:
+    """The parameters of STEP_INSERT_GUARDED (the same order in both backends' query)."""
+    return (
+        record.workflow_id,
+        record.step_id,
+        record.name,
+        record.args_hash,
+        record.output,
+        record.error,
+        record.child_id,
+        record.attempts,
+        record.started_at,
+        record.completed_at,
+        record.workflow_id,
+        executor_id,
+    )
+
+
 STEP_NAME = "SELECT name FROM steps WHERE workflow_id = ? AND step_id = ?"
 STEP_LIST = f"SELECT {', '.join(STEP_COLUMNS)} FROM steps WHERE workflow_id = ? ORDER BY step_id"
 STEP_COPY = f"""
