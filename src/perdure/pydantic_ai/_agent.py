@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic
 
@@ -15,6 +16,7 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, UserContent
 from pydantic_ai.models import Model
 from pydantic_ai.output import OutputDataT
+from pydantic_ai.run import AgentRun
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import AgentDepsT
 from pydantic_ai.usage import RunUsage, UsageLimits
@@ -26,7 +28,8 @@ from ..errors import ConfigurationError
 from ..messaging import close_stream, write_stream
 from ..runtime import active_runtime
 from ..workflows import workflow, workflow_def_of
-from ._durability import EVENTS_STREAM, PerdureDurability, StepConfig
+from ._durability import PerdureDurability, StepConfig
+from ._stream import EVENTS_STREAM, RESULT_EVENT_KIND, DurableRunEvents, DurableStreamedRun
 
 _AGENT_NAMES: dict[str, weakref.ReferenceType[Any]] = {}
 _USAGE = TypeAdapter(RunUsage)
@@ -110,16 +113,23 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
             raise ConfigurationError(f"DurableAgent needs a pydantic_ai.Agent, got {type(agent).__name__}")
         self.name = agent_name
         self.agent: Agent[AgentDepsT, OutputDataT] = agent
-        self.capability: PerdureDurability[AgentDepsT] = PerdureDurability(
-            name=agent_name,
-            models=models,
-            event_stream_handler=event_stream_handler,
-            model_step=model_step,
-            tool_steps=tool_steps,
-            mcp_steps=mcp_steps,
-            event_steps=event_steps,
-            stream_events=stream_events,
-        )
+
+        def capability(streaming: bool) -> PerdureDurability[AgentDepsT]:
+            return PerdureDurability(
+                name=agent_name,
+                models=models,
+                event_stream_handler=event_stream_handler,
+                model_step=model_step,
+                tool_steps=tool_steps,
+                mcp_steps=mcp_steps,
+                event_steps=event_steps,
+                stream_events=streaming,
+            )
+
+        self.capability: PerdureDurability[AgentDepsT] = capability(stream_events)
+        # Runs followed with run_stream_events() write their events even when the agent's other runs
+        # do not (an event handler makes every model request a streamed one, so it is per run).
+        self._streaming_capability = self.capability if stream_events else capability(True)
         self.stream_events = stream_events
         self._output = TypeAdapter(agent.output_type) if isinstance(agent.output_type, type) else TypeAdapter(Any)
         deps_type = agent.deps_type if agent.deps_type is not type(None) else Any
@@ -137,8 +147,10 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
             model: str | None = None,
             model_settings: dict[str, Any] | None = None,
             usage_limits: dict[str, Any] | None = None,
+            stream_events: bool = False,
         ) -> dict[str, Any]:
             history = list(message_history or [])
+            streaming = durable.stream_events or stream_events
             result = await durable.agent.run(  # type: ignore[misc]
                 user_prompt,
                 message_history=history or None,
@@ -146,11 +158,11 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
                 model=model,
                 model_settings=ModelSettings(**model_settings) if model_settings else None,  # type: ignore[typeddict-item]
                 usage_limits=_LIMITS.validate_python(usage_limits) if usage_limits else None,
-                capabilities=[durable.capability],
+                capabilities=[durable._streaming_capability if streaming else durable.capability],
             )
             output = durable._output.dump_python(result.output, mode="json")
-            if durable.stream_events:
-                await write_stream(EVENTS_STREAM, {"event_kind": "perdure_result", "output": output})
+            if streaming:
+                await write_stream(EVENTS_STREAM, {"event_kind": RESULT_EVENT_KIND, "output": output})
                 await close_stream(EVENTS_STREAM)
             return {
                 "output": output,
@@ -296,6 +308,110 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
     ) -> DurableRunResult[OutputDataT]:
         """`run` for sync programs (the runtime launched with `with Perdure(...)`)."""
         return active_runtime().call_blocking(self.run(user_prompt, **kwargs))
+
+    # -- following a run ----------------------------------------------------------------------------
+    def run_stream_events(
+        self,
+        user_prompt: str | Sequence[UserContent] | None = None,
+        *,
+        workflow_id: str | None = None,
+        offset: int = 0,
+        timeout: float | None = None,
+        message_history: Sequence[ModelMessage] | None = None,
+        deps: AgentDepsT | None = None,
+        model: Model | str | None = None,
+        model_settings: ModelSettings | None = None,
+        usage_limits: UsageLimits | None = None,
+    ) -> DurableRunEvents[OutputDataT]:
+        """Run the agent durably and follow it: every event, live, then an `AgentRunResultEvent`.
+
+        ```python
+        # not run
+        async with durable.run_stream_events("Plan my trip", workflow_id="trip-1") as events:
+            async for event in events:
+                ...
+        ```
+
+        The run's events go to its durable stream `"events"` as it goes. Leaving early does not stop
+        the run; the same call with the same `workflow_id` and `offset=events.offset` resumes reading
+        (from any process) and sees every later event once. Outside workflows only: inside one, use
+        `run()` (with `stream_events=True` to publish the events).
+        """
+        self._refuse_in_workflow("run_stream_events()")
+        if not isinstance(offset, int) or offset < 0:
+            raise ConfigurationError(f"offset must be a non-negative integer, got {offset!r}")
+        inputs = self._inputs(
+            user_prompt,
+            message_history=message_history,
+            deps=deps,
+            model=model,
+            model_settings=model_settings,
+            usage_limits=usage_limits,
+        )
+        if not self.stream_events:
+            inputs["stream_events"] = True
+
+        async def start() -> WorkflowHandle:
+            return await active_runtime().start(self.workflow, workflow_id=workflow_id, timeout=timeout, **inputs)
+
+        return DurableRunEvents(start, self._result, offset)
+
+    @asynccontextmanager
+    async def run_stream(
+        self,
+        user_prompt: str | Sequence[UserContent] | None = None,
+        *,
+        workflow_id: str | None = None,
+        timeout: float | None = None,
+        message_history: Sequence[ModelMessage] | None = None,
+        deps: AgentDepsT | None = None,
+        model: Model | str | None = None,
+        model_settings: ModelSettings | None = None,
+        usage_limits: UsageLimits | None = None,
+    ) -> AsyncIterator[DurableStreamedRun[OutputDataT]]:
+        """Run the agent durably and stream its final text: `async for text in run.stream_text(): ...`.
+
+        Started on entry; leaving the block early stops reading, not the run. Outside workflows only.
+        """
+        events = self.run_stream_events(
+            user_prompt,
+            workflow_id=workflow_id,
+            timeout=timeout,
+            message_history=message_history,
+            deps=deps,
+            model=model,
+            model_settings=model_settings,
+            usage_limits=usage_limits,
+        )
+        async with events:
+            await events.begin()
+            yield DurableStreamedRun(events)
+
+    @asynccontextmanager
+    async def iter(
+        self, user_prompt: str | Sequence[UserContent] | None = None, **kwargs: Any
+    ) -> AsyncIterator[AgentRun[AgentDepsT, Any]]:
+        """`Agent.iter()` inside a perdure workflow, durably: each model request and tool call a step.
+
+        The caller drives the agent loop node by node, so the loop is the caller's workflow: outside one
+        this is refused (use `run()`, `start()` or `run_stream_events()`, or `self.agent.iter()` for a
+        plain, non-durable run).
+        """
+        if _context.current() is None:
+            raise UserError(
+                f"DurableAgent({self.name!r}).iter() can be durable only inside a perdure workflow, whose code "
+                "drives the loop; outside one use run(), start() or run_stream_events()"
+            )
+        capabilities = [*kwargs.pop("capabilities", ()), self.capability]
+        async with self.agent.iter(user_prompt, capabilities=capabilities, **kwargs) as run:
+            yield run
+
+    def _refuse_in_workflow(self, what: str) -> None:
+        if _context.current() is not None or _context.step_scope() is not None:
+            raise UserError(
+                f"DurableAgent({self.name!r}).{what} follows a run from outside it and cannot be used inside a "
+                "workflow or step; call run() there (with stream_events=True to publish its events)"
+            )
 
     async def result(self, workflow_id: str, timeout: float | None = None) -> DurableRunResult[OutputDataT]:
         """The result of a run started with `start()`, from any process."""

@@ -50,6 +50,7 @@ from ..messaging import sleep as durable_sleep
 from ..messaging import write_stream
 from ..workflows import StepOptions, durable_call, record_value
 from ._events import PerdureEventWaiter
+from ._stream import EVENT, EVENTS_STREAM
 
 
 class StepConfig(TypedDict, total=False):
@@ -300,11 +301,6 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
             return await super().wrap_run(ctx, handler=handler)
 
 
-EVENTS_STREAM = "events"
-"""The durable stream an agent run's events go to (with `stream_events=True`)."""
-_EVENT: TypeAdapter[AgentStreamEvent] = TypeAdapter(AgentStreamEvent)
-
-
 def _streaming_handler(user: EventStreamHandler[Any] | None) -> EventStreamHandler[Any]:
     """Write each event to the run's durable stream, then hand it to the user's handler, if any.
 
@@ -316,7 +312,7 @@ def _streaming_handler(user: EventStreamHandler[Any] | None) -> EventStreamHandl
         async def tee() -> AsyncIterator[AgentStreamEvent]:
             async for event in events:
                 if _context.current() is not None or _context.step_scope() is not None:
-                    await write_stream(EVENTS_STREAM, _EVENT.dump_python(event, mode="json"))
+                    await write_stream(EVENTS_STREAM, EVENT.dump_python(event, mode="json"))
                 yield event
 
         if user is None:
