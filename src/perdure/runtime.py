@@ -52,6 +52,8 @@ log = logging.getLogger("perdure")
 
 DEFAULT_DATABASE_URL = "sqlite:///perdure.sqlite"
 DEFAULT_MAX_RECOVERY_ATTEMPTS = 20
+FRESH_INSERT_HOLD = 0.005
+"""Seconds a directly called workflow's row may wait for its first checkpoint to share one commit."""
 
 _active: Perdure | None = None
 _active_lock = threading.Lock()
@@ -353,9 +355,10 @@ class Perdure(QueueAdmin, Manager):
         )
         if optimistic and workflow_id is None:
             # A fresh id cannot conflict, and the caller only hears back after the outcome commits, so
-            # the body need not wait for the insert: it is queued first, and every checkpoint after it
-            # shares its commit or a later one. An empty workflow costs one commit instead of two.
-            insert = self.loop.create_task(self._store.workflow_insert(record))
+            # the body need not wait for the insert: it is queued first and held (briefly) for the first
+            # checkpoint, which shares its commit. A run whose first step is quick saves one commit;
+            # one whose first step is slow (a model call) has its row committed alone after the hold.
+            insert = self.loop.create_task(self._store.workflow_insert(record, hold=FRESH_INSERT_HOLD))
             self._dispatch(defn, record, args, kwargs, recorded={}, insert=insert)
             return WorkflowHandle(wid, self)
         outcome = await self._store.workflow_insert(record)

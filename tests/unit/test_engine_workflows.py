@@ -456,3 +456,51 @@ def test_sync_recorded_values_replay(sqlite_url: str) -> None:
             "perdure.uuid4",
             "perdure.sleep",
         ]
+
+
+@step
+async def yielding_double(x: int) -> int:
+    for _ in range(5):  # a step that spans loop turns, as a model request does
+        await asyncio.sleep(0)
+    return 2 * x
+
+
+@workflow
+async def one_yielding_step(x: int) -> int:
+    return await yielding_double(x)
+
+
+async def test_a_direct_call_commits_its_row_with_its_first_checkpoint(db_url: str) -> None:
+    commits = []
+    async with Perdure(db_url, maintenance_interval=3600) as quiet:  # no heartbeats in between
+        # Other writes landing in between (the first dequeues of queues other test modules declare)
+        # add commits; one clean run is enough, and without the shared commit no run has only two.
+        for _ in range(50):
+            before = quiet.store.stats.commits
+            assert await one_yielding_step(3) == 6
+            commits.append(quiet.store.stats.commits - before)
+            if commits[-1] <= 2:
+                break
+    # The row and the step share one commit, the outcome has its own: two, where three were before.
+    assert min(commits) == 2
+
+
+@workflow
+async def slow_first_step(key: str) -> str:
+    await wait_gate(key)
+    return key
+
+
+async def test_a_slow_first_step_does_not_keep_the_row_uncommitted(app: Perdure) -> None:
+    call = asyncio.create_task(slow_first_step("slow"))
+    name = f"{__name__}.slow_first_step"
+    async with asyncio.timeout(10):
+        # The row waits for the first checkpoint only briefly (FRESH_INSERT_HOLD), then commits alone:
+        # the run is listed, PENDING, while its first step is still blocked on the gate.
+        while not (runs := await app.list_workflows(name=name)):
+            await asyncio.sleep(0.001)
+    assert RUNS["wait_gate:slow"] == 1 and not gate("slow").is_set()
+    assert [r.status for r in runs] == [WorkflowStatus.PENDING]
+    gate("slow").set()
+    assert await call == "slow"
+    assert (await app.get_workflow(runs[0].workflow_id)).status == WorkflowStatus.SUCCESS

@@ -265,14 +265,22 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
 
     # -- the backend -----------------------------------------------------------------------------------
     def get_durable_operation_backend(self) -> PerdureOperationBackend:
+        # Asked for several times per run, and it depends only on this capability's settings: build it
+        # once. Binding to an agent copies the capability (and so this cache): a copy builds its own.
+        cached = self.__dict__.get("_operation_backend")
+        if cached is not None and cached[0] is self:
+            return cast(PerdureOperationBackend, cached[1])
+        kinds: tuple[ToolsetKind, ...] = ("function", "mcp", "dynamic")
+        resolvers = {kind: self._build_resolve_tool_config(self._toolset_base_config(kind)) for kind in kinds}
+
         def tool_config(
             operation_id: DurableOperationId, tool: object | None, tool_name: str
         ) -> StepConfig | Literal[False]:
             assert isinstance(operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId)
-            resolve = self._build_resolve_tool_config(self._toolset_base_config(operation_id.toolset_kind))
+            resolve = resolvers[operation_id.toolset_kind]
             return cast(StepConfig | Literal[False], resolve(cast(ToolsetTool[Any] | None, tool), tool_name))
 
-        return PerdureOperationBackend(
+        backend = PerdureOperationBackend(
             agent_name=self.name,
             default_model_id=self.default_model_id,
             config=RoleBasedOperationConfig(
@@ -283,6 +291,8 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
                 resolve_tool=tool_config,
             ),
         )
+        self.__dict__["_operation_backend"] = (self, backend)
+        return backend
 
     def _toolset_base_config(self, kind: ToolsetKind) -> Any:
         return self._mcp_steps if kind == "mcp" else self._tool_steps

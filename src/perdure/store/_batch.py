@@ -48,8 +48,12 @@ class GroupCommitter(Generic[C]):
         self._backoff = 0.0
         self._max_batch = max_batch
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._held: asyncio.TimerHandle | None = None
 
-    def submit(self, fn: Callable[[C], Any], *, atomic: bool = False, single: bool = False) -> asyncio.Future[Any]:
+    def submit(
+        self, fn: Callable[[C], Any], *, atomic: bool = False, single: bool = False, hold: float = 0.0
+    ) -> asyncio.Future[Any]:
+        """Queue one write. `hold`: seconds it may wait for another write to share its commit."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -57,6 +61,21 @@ class GroupCommitter(Generic[C]):
             raise RuntimeError("a perdure store is bound to the event loop that opened it")
         fut: asyncio.Future[Any] = loop.create_future()
         op = WriteOp(fn, fut, atomic, single)
+        if hold > 0 and not self._scheduled and not self._pending and not self._backoff:
+            self._pending.append(op)
+            self._scheduled = True
+            self._held = loop.call_later(hold, self._flush)
+            return fut
+        if self._held is not None:
+            # A held write was waiting for company, and this is it: commit both as soon as possible.
+            self._held.cancel()
+            self._held = None
+            self._pending.append(op)
+            if not getattr(loop, "_ready", True):
+                self._flush()
+            else:
+                loop.call_soon(self._flush)
+            return fut
         if not self._scheduled:
             if not self._pending and not self._backoff and not getattr(loop, "_ready", True):
                 # Nothing else is ready to run, so no other write can join this batch: commit now
@@ -87,6 +106,7 @@ class GroupCommitter(Generic[C]):
 
     def _flush(self) -> None:
         self._scheduled = False
+        self._held = None
         if not self._pending:
             return
         batch = self._pending[: self._max_batch]
@@ -109,6 +129,10 @@ class GroupCommitter(Generic[C]):
             self._loop.call_soon(self._flush)
 
     def fail_pending(self, exc: BaseException) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+            self._scheduled = False
         pending, self._pending = self._pending, []
         for op in pending:
             if not op.future.done():
@@ -126,18 +150,33 @@ class AsyncGroupCommitter(Generic[C]):
         self._run_batch = run_batch
         self._pending: list[WriteOp[C]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._company: asyncio.Event | None = None
         self._max_batch = max_batch
 
-    def submit(self, fn: Callable[[C], Any], *, atomic: bool = False, single: bool = False) -> asyncio.Future[Any]:
+    def submit(
+        self, fn: Callable[[C], Any], *, atomic: bool = False, single: bool = False, hold: float = 0.0
+    ) -> asyncio.Future[Any]:
+        """Queue one write. `hold`: seconds it may wait for another write to share its commit."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending.append(WriteOp(fn, fut, atomic, single))
         if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
+            self._flusher = loop.create_task(self._flush(hold))
+        elif self._company is not None:
+            self._company.set()  # a held write was waiting for company, and this is it
         return fut
 
-    async def _flush(self) -> None:
+    async def _flush(self, hold: float = 0.0) -> None:
         try:
+            if hold > 0:
+                self._company = asyncio.Event()
+                try:
+                    async with asyncio.timeout(hold):
+                        await self._company.wait()
+                except TimeoutError:
+                    pass
+                finally:
+                    self._company = None
             await asyncio.sleep(0)  # let every writer that is ready in this loop iteration join the batch
             while self._pending:
                 batch = self._pending[: self._max_batch]

@@ -173,8 +173,13 @@ class Store(Protocol):
     async def schema_version(self) -> int: ...
 
     # -- workflows -------------------------------------------------------------------------------------
-    async def workflow_insert(self, record: WorkflowRecord) -> InsertOutcome:
-        """Insert a new workflow row unless the id exists; either way return the row as it is."""
+    async def workflow_insert(self, record: WorkflowRecord, *, hold: float = 0.0) -> InsertOutcome:
+        """Insert a new workflow row unless the id exists; either way return the row as it is.
+
+        `hold`: seconds the insert may wait, uncommitted, for another write to share its commit (the
+        workflow's first checkpoint, say); when that time is up it commits alone. Only for a fresh id
+        that nobody else can know yet.
+        """
 
     async def workflow_get(self, workflow_id: str) -> WorkflowRecord | None: ...
 

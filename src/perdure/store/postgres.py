@@ -331,9 +331,9 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
                     results.append(exc)
         return results
 
-    async def _write(self, fn: Callable[[Conn], Awaitable[Final]], *, single: bool = False) -> Any:
+    async def _write(self, fn: Callable[[Conn], Awaitable[Final]], *, single: bool = False, hold: float = 0.0) -> Any:
         """Queue `fn` for the next batch; `single`: it sends exactly one statement and reads nothing."""
-        return await self._committer.submit(fn, single=single)
+        return await self._committer.submit(fn, single=single, hold=hold)
 
     def _translate(self, exc: psycopg.Error) -> Exception:
         return exc
@@ -356,7 +356,7 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
                 await conn.execute(self.q.NOTIFY, (self.channel, key))
 
     # -- workflows -------------------------------------------------------------------------------------
-    async def workflow_insert(self, record: WorkflowRecord) -> InsertOutcome:
+    async def workflow_insert(self, record: WorkflowRecord, *, hold: float = 0.0) -> InsertOutcome:
         values = tuple(getattr(record, f) for f in WORKFLOW_COLUMNS)
 
         async def op(conn: Conn) -> Final:
@@ -368,7 +368,7 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
             return done
 
         while True:
-            if await self._write(op, single=True) == 1:
+            if await self._write(op, single=True, hold=hold) == 1:
                 return InsertOutcome(True, record)
             # Taken (rare: a retry, a duplicate start): read the run that holds the id. Only a deletion
             # between the two can make it vanish; then the insert is simply tried again.

@@ -255,9 +255,11 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
         if not op.future.done():
             op.future.set_result(value)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, atomic: bool = False, single: bool = False) -> T:
+    async def _write(
+        self, fn: Callable[[sqlite3.Connection], T], *, atomic: bool = False, single: bool = False, hold: float = 0.0
+    ) -> T:
         """Queue `fn` for the next batch; `single`: its first statement is its only write."""
-        result: T = await self._committer.submit(fn, atomic=atomic, single=single)
+        result: T = await self._committer.submit(fn, atomic=atomic, single=single, hold=hold)
         return result
 
     def _read_one(self, sql: str, params: Iterable[Any]) -> sqlite3.Row | None:
@@ -270,7 +272,7 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
         return self._reader.execute(sql, tuple(params)).fetchall()
 
     # -- workflows -------------------------------------------------------------------------------------
-    async def workflow_insert(self, record: WorkflowRecord) -> InsertOutcome:
+    async def workflow_insert(self, record: WorkflowRecord, *, hold: float = 0.0) -> InsertOutcome:
         values = tuple(getattr(record, f) for f in q.WORKFLOW_COLUMNS)
 
         def op(conn: sqlite3.Connection) -> InsertOutcome:
@@ -281,7 +283,7 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
             assert existing is not None
             return InsertOutcome(False, existing)
 
-        return await self._write(op, single=True)
+        return await self._write(op, single=True, hold=hold)
 
     async def workflow_get(self, workflow_id: str) -> WorkflowRecord | None:
         return _workflow(self._read_one(q.WORKFLOW_GET, (workflow_id,)))
