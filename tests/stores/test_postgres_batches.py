@@ -55,7 +55,7 @@ async def test_a_failed_write_rolls_back_the_single_writes_batched_with_it(pg_ur
         # Queued in the same loop turn, so they share one batch: the insert first, then the failure.
         insert = asyncio.ensure_future(store.workflow_insert(fresh("batched-1")))
         failing = asyncio.ensure_future(store._write(divide_by_zero, single=True))
-        results: list[Any] = await asyncio.gather(insert, failing, return_exceptions=True)
+        results: tuple[Any, Any] = await asyncio.gather(insert, failing, return_exceptions=True)
         outcome, failure = results
 
         assert isinstance(failure, Exception) and "division by zero" in str(failure)
