@@ -125,6 +125,10 @@ async def test_run_stream_streams_the_final_text(app: Perdure) -> None:
     assert len(deltas) > 1  # streamed in pieces, not at the end
     async with followed.run_stream(workflow_id="follow-3") as again:
         assert [t async for t in again.stream_text()][-1] == output
+    async with followed.run_stream(workflow_id="follow-3") as third:
+        events = [e async for e in third.stream_events()]
+    assert isinstance(events[-1], AgentRunResultEvent) and third.result is not None
+    assert third.result.output == output and "function_tool_result" in [e.event_kind for e in events]
 
 
 async def test_iter_inside_a_workflow_checkpoints_each_call(app: Perdure) -> None:
