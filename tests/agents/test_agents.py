@@ -109,6 +109,23 @@ async def versioned(question: str) -> str:
     return (await renamed[current_version[0]].run(question)).output
 
 
+def toolset_version(toolset_id: str) -> Agent[None, str]:
+    return Agent(
+        FunctionModel(geography_script),
+        name="geo_toolsets",
+        toolsets=[FunctionToolset([get_capital], id=toolset_id)],
+        capabilities=[PerdureDurability()],
+    )
+
+
+retoolset: dict[str, Agent[None, str]] = {"v1": toolset_version("capitals"), "v2": toolset_version("capitals_v2")}
+
+
+@workflow(name="agents.toolset_versioned")
+async def toolset_versioned(question: str) -> str:
+    return (await retoolset[current_version[0]].run(question)).output
+
+
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     model_calls.clear()
@@ -234,6 +251,19 @@ async def test_renaming_the_agent_is_detected_on_replay(app: Perdure) -> None:
     with pytest.raises(NonDeterminismError, match=r"geo_v1__model\.request"):
         await forked.result()
     assert [(s.step_id, s.name) for s in await app.list_steps("ver-1")] == before
+
+
+async def test_changing_a_toolset_id_is_detected_on_replay(app: Perdure) -> None:
+    handle = await app.start(toolset_versioned, "q", workflow_id="tver-1")
+    assert await handle.result() == "The capital is Mexico City."
+    before = [(s.step_id, s.name) for s in await app.list_steps("tver-1")]
+    assert before[1] == (1, "geo_toolsets__function_toolset__capitals.call_tool:get_capital")
+    current_version[0] = "v2"
+    forked = await app.fork("tver-1", from_step=2)  # replays the tool call under its new toolset id
+    with pytest.raises(NonDeterminismError, match=r"function_toolset__capitals\.call_tool"):
+        await forked.result()
+    assert [(s.step_id, s.name) for s in await app.list_steps("tver-1")] == before
+    assert tool_calls == ["Mexico"]  # the replay ran nothing
 
 
 def test_agent_without_a_name_is_refused() -> None:
