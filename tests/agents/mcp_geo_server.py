@@ -1,4 +1,7 @@
-"""A real MCP server (the official SDK's) over stdio for tests/agents/test_mcp.py: one tool whose calls are logged to a file."""
+"""A real MCP server (the official SDK's) over stdio for tests/agents/test_mcp.py.
+
+One tool, whose every call is logged to the file named by PERDURE_MCP_CALLS.
+"""
 
 from __future__ import annotations
 
