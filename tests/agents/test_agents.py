@@ -14,7 +14,7 @@ from pydantic_ai.usage import UsageLimits
 
 import perdure
 from perdure import ConfigurationError, NonDeterminismError, Perdure, workflow
-from perdure.pydantic_ai import DurableAgent, PerdureDurability
+from perdure.pydantic_ai import DurableAgent, PerdureDurability, model_response
 
 model_calls: list[int] = []
 tool_calls: list[str] = []
@@ -264,6 +264,16 @@ async def test_changing_a_toolset_id_is_detected_on_replay(app: Perdure) -> None
         await forked.result()
     assert [(s.step_id, s.name) for s in await app.list_steps("tver-1")] == before
     assert tool_calls == ["Mexico"]  # the replay ran nothing
+
+
+async def test_each_model_step_holds_its_response_and_usage(app: Perdure) -> None:
+    result = await durable_geography.run("capital?", workflow_id="geo-usage")
+    responses = [model_response(s) for s in await app.list_steps("geo-usage")]
+    assert [r is not None for r in responses] == [True, False, True]  # the tool step is not a model step
+    models = [r for r in responses if r is not None]
+    assert isinstance(models[0].parts[0], ToolCallPart) and models[0].parts[0].tool_name == "get_capital"
+    assert sum(r.usage.input_tokens for r in models) == result.usage.input_tokens > 0
+    assert sum(r.usage.output_tokens for r in models) == result.usage.output_tokens > 0
 
 
 def test_agent_without_a_name_is_refused() -> None:

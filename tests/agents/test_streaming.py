@@ -13,7 +13,7 @@ from pydantic_ai.run import AgentRunResultEvent
 from pydantic_ai.usage import UsageLimits
 
 from perdure import Client, ConfigurationError, Perdure, workflow
-from perdure.pydantic_ai import DurableAgent
+from perdure.pydantic_ai import DurableAgent, model_response
 
 streamed = Agent(TestModel(), name="streamer")
 
@@ -75,8 +75,12 @@ async def test_run_stream_events_follows_a_run_live_and_ends_with_its_result(app
     # The events went to the run's durable stream (the agent itself does not stream every run).
     stored = [e async for e in app.read_stream("follow-1", "events")]
     assert len(stored) == events.offset and stored[-1]["event_kind"] == "perdure_result"
-    steps = [s.name for s in await app.list_steps("follow-1")]
-    assert "followed__function_toolset__<agent>.call_tool:lookup" in steps
+    steps = await app.list_steps("follow-1")
+    assert "followed__function_toolset__<agent>.call_tool:lookup" in [s.name for s in steps]
+    # Streamed model requests are checkpointed as whole responses, with their usage.
+    streamed = [r for s in steps if s.name == "followed__model.request_stream" and (r := model_response(s))]
+    assert len(streamed) == 2
+    assert sum(r.usage.output_tokens for r in streamed) == events.result.usage.output_tokens > 0
 
 
 gate = asyncio.Event()

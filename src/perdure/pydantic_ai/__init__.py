@@ -4,7 +4,7 @@ Needs the extra: `pip install 'perdure[pydantic-ai]'`.
 """
 
 from ._agent import DurableAgent, DurableRunResult
-from ._durability import NON_RETRYABLE, PerdureDurability, PerdureOperationBackend, StepConfig
+from ._durability import NON_RETRYABLE, PerdureDurability, PerdureOperationBackend, StepConfig, model_response
 from ._events import PerdureEventWaiter, fail, resolve
 from ._stream import EVENTS_STREAM, DurableRunEvents, DurableStreamedRun
 
@@ -20,5 +20,6 @@ __all__ = [
     "PerdureOperationBackend",
     "StepConfig",
     "fail",
+    "model_response",
     "resolve",
 ]

@@ -36,7 +36,7 @@ from pydantic_ai.durable_exec import (
 )
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, UsageLimitExceeded, UserError
 from pydantic_ai.external_events import external_event_scope
-from pydantic_ai.messages import AgentStreamEvent
+from pydantic_ai.messages import AgentStreamEvent, ModelResponse
 from pydantic_ai.models import Model
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT, RunContext
@@ -48,7 +48,7 @@ from .. import _context
 from ..errors import NonDeterminismError, SerializationError, WorkflowCancelled
 from ..messaging import sleep as durable_sleep
 from ..messaging import write_stream
-from ..workflows import StepOptions, durable_call, record_value
+from ..workflows import StepInfo, StepOptions, durable_call, record_value
 from ._events import PerdureEventWaiter
 from ._stream import EVENT, EVENTS_STREAM
 
@@ -141,6 +141,24 @@ class PerdureOperationBackend(JournalCallableOperationBackend[StepConfig]):
 
 
 _USAGE: TypeAdapter[RunUsage] = TypeAdapter(RunUsage)
+_RESPONSE: TypeAdapter[ModelResponse] = TypeAdapter(ModelResponse)
+MODEL_STEP_SUFFIXES = ("__model.request", "__model.request_stream")
+
+
+def model_response(step: StepInfo) -> ModelResponse | None:
+    """The model response a model-request step checkpointed (with its `usage`, and the provider's
+    `usage.cost` where it reports one), or None for any other step or one that did not succeed.
+
+    ```python
+    # not run
+    for step in await app.list_steps(workflow_id):
+        if (response := model_response(step)) is not None:
+            print(step.name, response.model_name, response.usage.input_tokens, response.usage.output_tokens)
+    ```
+    """
+    if not step.name.endswith(MODEL_STEP_SUFFIXES) or step.status != "SUCCESS" or step.output is None:
+        return None
+    return _RESPONSE.validate_json(step.output)  # data only: validation never runs stored code
 
 
 def _tool_run_context(operation_id: DurableOperationId, cache_key: tuple[object, ...]) -> RunContext[Any] | None:
