@@ -8,11 +8,12 @@ from datetime import timedelta
 import pytest
 from pydantic_ai import Agent
 from pydantic_ai.capabilities import RequestInput
+from pydantic_ai.external_events import ExternalEventError, wait_for_external_event
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.tools import DeferredToolRequests, RunContext, Tool
 
-from perdure import Client, Perdure
+from perdure import Client, Perdure, WorkflowStatus
 from perdure.pydantic_ai import DurableAgent, fail, resolve
 
 refunds: list[int] = []
@@ -116,3 +117,29 @@ async def test_a_wait_that_times_out_denies_the_call(app: Perdure) -> None:
     raw = await impatient.run("refund me", workflow_id="refund-timeout")
     assert refunds == []
     assert "No decision on this tool call arrived" in raw.output
+
+
+async def confirm(amount: int) -> str:
+    """Asks a human inside the run; no answer within the timeout is an error the run ends with."""
+    answer = await wait_for_external_event(
+        "confirm", ask=lambda token: asked.append(token), timeout=timedelta(seconds=0.2)
+    )
+    return f"confirmed {answer}"
+
+
+def confirm_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if len(messages) == 1:
+        return ModelResponse(parts=[ToolCallPart("confirm", {"amount": 5}, tool_call_id="c1")])
+    return ModelResponse(parts=[TextPart("done")])
+
+
+confirming = DurableAgent(
+    Agent(FunctionModel(confirm_script), name="confirming", tools=[Tool(confirm, metadata={"perdure": False})])
+)
+
+
+async def test_a_wait_for_an_external_event_that_times_out_raises_external_event_error(app: Perdure) -> None:
+    with pytest.raises(ExternalEventError, match=r"no answer to 'confirm' within 0:00:00\.2"):
+        await confirming.run("go", workflow_id="confirm-timeout")
+    assert len(asked) == 1
+    assert (await app.get_workflow("confirm-timeout")).status == WorkflowStatus.ERROR
