@@ -12,11 +12,11 @@ from perdure import Client
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def run_example(name: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_example(name: str, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PERDURE_EXAMPLE_MODEL": "test", **env}
     full_env.pop("PERDURE_DATABASE_URL", None)
     return subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=60
+        [sys.executable, str(EXAMPLES / name), *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=60
     )
 
 
@@ -63,3 +63,26 @@ def test_support_app_starts_runs_streams_events_and_takes_approvals(tmp_path: Pa
     assert "waiting for approval: ['refund']" in done.stdout
     assert "{'approved': True}" in done.stdout
     assert "answer: Done: refunded $30." in done.stdout
+
+
+def test_approval_example_is_decided_by_another_process(tmp_path: Path) -> None:
+    started = run_example("approval.py", tmp_path, "request", "I was charged twice")
+    assert started.returncode == 0, started.stderr
+    assert "run refund-1 waits for approval" in started.stdout
+    with Client(f"sqlite:///{tmp_path / 'perdure.sqlite'}") as client:
+        assert client.get_workflow_sync("refund-1").status == "PENDING"  # its process is gone; it waits
+    assert "refund-1" in run_example("approval.py", tmp_path, "pending").stdout
+    assert not (tmp_path / "refunds.log").exists()
+
+    approved = run_example("approval.py", tmp_path, "approve", "refund-1")
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout.strip() == "Outcome: refunded 30 EUR"
+    assert (tmp_path / "refunds.log").read_text() == "30\n"  # the refund ran once
+    with Client(f"sqlite:///{tmp_path / 'perdure.sqlite'}") as client:
+        steps = [s.name for s in client.list_steps_sync("refund-1")]
+    assert steps.count("support__external_event.approve_refund.ask") == 1  # recovery did not ask again
+
+    run_example("approval.py", tmp_path, "request", "again", "refund-2")
+    denied = run_example("approval.py", tmp_path, "deny", "refund-2")
+    assert denied.stdout.strip() == "Outcome: The tool call was denied."
+    assert (tmp_path / "refunds.log").read_text() == "30\n"
