@@ -13,7 +13,7 @@ from pydantic_ai.toolsets import FunctionToolset
 from pydantic_ai.usage import UsageLimits
 
 import perdure
-from perdure import ConfigurationError, NonDeterminismError, Perdure, workflow
+from perdure import ConfigurationError, NonDeterminismError, Perdure, SerializationError, workflow
 from perdure.pydantic_ai import DurableAgent, PerdureDurability, model_response
 
 model_calls: list[int] = []
@@ -289,3 +289,35 @@ def test_duplicate_agent_name_is_refused() -> None:
 async def test_agent_defined_after_launch_is_refused(app: Perdure) -> None:
     with pytest.raises(ConfigurationError, match="after the perdure runtime launched"):
         DurableAgent(Agent(TestModel(), name="too_late"))
+
+
+class Opaque:
+    """Not JSON: no checkpoint can hold it."""
+
+
+opaque_calls: list[int] = []
+
+
+def opaque_tool(n: int) -> object:
+    opaque_calls.append(n)
+    return Opaque()
+
+
+def opaque_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if len(messages) == 1:
+        return ModelResponse(parts=[ToolCallPart("opaque_tool", {"n": 1}, tool_call_id="o1")])
+    return ModelResponse(parts=[TextPart("unreachable")])
+
+
+opaque_agent = DurableAgent(
+    Agent(FunctionModel(opaque_script), name="opaque", tools=[opaque_tool]),
+    tool_steps={"max_attempts": 3, "retry_interval": 0.01},  # retryable errors would run it 3 times
+)
+
+
+async def test_a_result_that_cannot_be_checkpointed_ends_the_run_clearly_without_retrying(app: Perdure) -> None:
+    opaque_calls.clear()
+    with pytest.raises(SerializationError, match="cannot be stored as JSON"):
+        await opaque_agent.run("go", workflow_id="opaque-1")
+    assert opaque_calls == [1]  # ran once: a serialization failure is not retried
+    assert (await app.get_workflow("opaque-1")).status == perdure.WorkflowStatus.ERROR
