@@ -199,6 +199,11 @@ def step_scope() -> StepScope | None:
     return _step_scope.get()
 
 
+def in_durable_code() -> bool:
+    """Inside a workflow's body or one of its steps (where the workflow context is hidden)."""
+    return _current.get() is not None or _step_scope.get() is not None
+
+
 class in_step:
     """`with in_step(ctx, pos):` around a step body."""
 

@@ -20,6 +20,9 @@ from perdure import (
     step,
     workflow,
 )
+from perdure.errors import PerdureError
+from perdure.store import create_store
+from perdure.store.base import WorkflowRecord, now_ms
 
 RUNS: Counter[str] = Counter()
 GATES: dict[str, asyncio.Event] = {}
@@ -504,3 +507,22 @@ async def test_a_slow_first_step_does_not_keep_the_row_uncommitted(app: Perdure)
     gate("slow").set()
     assert await call == "slow"
     assert (await app.get_workflow(runs[0].workflow_id)).status == WorkflowStatus.SUCCESS
+
+
+async def test_a_held_insert_fails_cleanly_when_the_store_closes_and_commits_nothing(db_url: str) -> None:
+    store = create_store(db_url)
+    await store.open()
+    t = now_ms()
+    record = WorkflowRecord(
+        workflow_id="held-1", name="held", status=WorkflowStatus.PENDING, inputs="{}", created_at=t, updated_at=t
+    )
+    insert = asyncio.ensure_future(store.workflow_insert(record, hold=3600))
+    await asyncio.sleep(0)  # the insert task runs up to its held write
+    await store.close()  # long before the hold ends
+    with pytest.raises(PerdureError, match="store was closed"):
+        await insert
+    await store.open()
+    try:
+        assert await store.workflow_get("held-1") is None
+    finally:
+        await store.close()

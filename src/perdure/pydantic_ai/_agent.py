@@ -236,6 +236,9 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
             model_settings=model_settings,
             usage_limits=usage_limits,
         )
+        return await self._start(inputs, workflow_id, timeout)
+
+    async def _start(self, inputs: dict[str, Any], workflow_id: str | None, timeout: float | None) -> WorkflowHandle:
         return await active_runtime().start(self.workflow, workflow_id=workflow_id, timeout=timeout, **inputs)
 
     async def run(
@@ -290,15 +293,13 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
             usage_limits=usage_limits,
         )
         if workflow_id is None and timeout is None:
-            ctx = _context.current()
-            if ctx is not None or _context.step_scope() is not None:
+            if _context.in_durable_code():
                 # Inside a workflow (or a tool's step) the run is a child workflow, like any workflow call.
                 raw = await self.workflow(**inputs)
                 return self._result(raw, "")
             wid, raw = await active_runtime().run_fresh(workflow_def_of(self.workflow), (), inputs)
             return self._result(raw, wid)
-        runtime = active_runtime()
-        handle = await runtime.start(self.workflow, workflow_id=workflow_id, timeout=timeout, **inputs)
+        handle = await self._start(inputs, workflow_id, timeout)
         return self._result(await handle.result(), handle.workflow_id)
 
     def run_sync(
@@ -350,11 +351,7 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
         )
         if not self.stream_events:
             inputs["stream_events"] = True
-
-        async def start() -> WorkflowHandle:
-            return await active_runtime().start(self.workflow, workflow_id=workflow_id, timeout=timeout, **inputs)
-
-        return DurableRunEvents(start, self._result, offset)
+        return DurableRunEvents(lambda: self._start(inputs, workflow_id, timeout), self._result, offset)
 
     @asynccontextmanager
     async def run_stream(
@@ -407,7 +404,7 @@ class DurableAgent(Generic[AgentDepsT, OutputDataT]):
             yield run
 
     def _refuse_in_workflow(self, what: str) -> None:
-        if _context.current() is not None or _context.step_scope() is not None:
+        if _context.in_durable_code():
             raise UserError(
                 f"DurableAgent({self.name!r}).{what} follows a run from outside it and cannot be used inside a "
                 "workflow or step; call run() there (with stream_events=True to publish its events)"

@@ -339,7 +339,7 @@ def _streaming_handler(user: EventStreamHandler[Any] | None) -> EventStreamHandl
     async def handler(ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
         async def tee() -> AsyncIterator[AgentStreamEvent]:
             async for event in events:
-                if _context.current() is not None or _context.step_scope() is not None:
+                if _context.in_durable_code():
                     await write_stream(EVENTS_STREAM, EVENT.dump_python(event, mode="json"))
                 yield event
 

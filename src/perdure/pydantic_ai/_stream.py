@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from ._agent import DurableRunResult
 
 EVENTS_STREAM = "events"
-"""The durable stream an agent run's events go to (with `stream_events=True`)."""
+"""The durable stream an agent run's events go to (`stream_events=True`, or a run followed with
+`run_stream_events()` / `run_stream()`)."""
 RESULT_EVENT_KIND = "perdure_result"
 """The `event_kind` of the last value of a `DurableAgent` run's stream: `{"event_kind": ..., "output": ...}`."""
 

@@ -61,42 +61,26 @@ class GroupCommitter(Generic[C]):
             raise RuntimeError("a perdure store is bound to the event loop that opened it")
         fut: asyncio.Future[Any] = loop.create_future()
         op = WriteOp(fn, fut, atomic, single)
-        if hold > 0 and not self._scheduled and not self._pending and not self._backoff:
+        if self._held is not None:
+            # A held write was waiting for company, and this is it: both are committed as one batch below.
+            self._held.cancel()
+            self._held = None
+            self._scheduled = False
+        elif hold > 0 and not self._scheduled and not self._backoff:
             self._pending.append(op)
             self._scheduled = True
             self._held = loop.call_later(hold, self._flush)
             return fut
-        if self._held is not None:
-            # A held write was waiting for company, and this is it: commit both as soon as possible.
-            self._held.cancel()
-            self._held = None
-            self._pending.append(op)
-            if not getattr(loop, "_ready", True):
-                self._flush()
-            else:
-                loop.call_soon(self._flush)
-            return fut
+        self._pending.append(op)
         if not self._scheduled:
-            if not self._pending and not self._backoff and not getattr(loop, "_ready", True):
+            if not self._backoff and not getattr(loop, "_ready", True):
                 # Nothing else is ready to run, so no other write can join this batch: commit now
                 # instead of a loop turn later. (Only where the loop exposes its ready queue.)
-                self._run_alone(op)
-                return fut
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        self._pending.append(op)
+                self._flush()
+            else:
+                self._scheduled = True
+                loop.call_soon(self._flush)
         return fut
-
-    def _run_alone(self, op: WriteOp[C]) -> None:
-        try:
-            self._run_batch([op])
-        except Busy:
-            self._pending.append(op)
-            self._retry_later()
-        except BaseException as exc:
-            log.error("perdure: a write batch failed to commit: %s", exc)
-            if not op.future.done():
-                op.future.set_exception(exc)
 
     def _retry_later(self) -> None:
         self._backoff = min(max(self._backoff * 2, 0.0005), 0.05)
