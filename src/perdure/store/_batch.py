@@ -145,6 +145,9 @@ class AsyncGroupCommitter(Generic[C]):
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending.append(WriteOp(fn, fut, atomic, single))
         if self._flusher is None:
+            # The event exists from here on, not from when the flusher task first runs: a write that
+            # arrives before then (queued in this same loop turn) is company too.
+            self._company = asyncio.Event() if hold > 0 else None
             self._flusher = loop.create_task(self._flush(hold))
         elif self._company is not None:
             self._company.set()  # a held write was waiting for company, and this is it
@@ -152,11 +155,12 @@ class AsyncGroupCommitter(Generic[C]):
 
     async def _flush(self, hold: float = 0.0) -> None:
         try:
-            if hold > 0:
-                self._company = asyncio.Event()
+            company = self._company
+            if company is not None:
                 try:
-                    async with asyncio.timeout(hold):
-                        await self._company.wait()
+                    if not company.is_set():
+                        async with asyncio.timeout(hold):
+                            await company.wait()
                 except TimeoutError:
                     pass
                 finally:
