@@ -65,6 +65,8 @@ class WorkflowContext:
         self.scratch: dict[str, Any] = {}
         # Async steps currently running, so a cancel can interrupt them.
         self.inflight: set[asyncio.Task[Any]] = set()
+        # Checkpoints queued by record_soon() whose commit the run's next durable operation awaits.
+        self.unsettled: list[asyncio.Task[None]] = []
 
     # -- positions and replay ----------------------------------------------------------------------------
     def take_position(self) -> tuple[int, StepRecord | None]:
@@ -94,6 +96,32 @@ class WorkflowContext:
             self.recorded[record.step_id] = record
             return
         self.refused(outcome, record.step_id)
+
+    def record_soon(self, record: StepRecord) -> None:
+        """Queue a checkpoint without waiting for its commit; the run's next durable operation waits.
+
+        For integration steps (`durable_call`), whose results go on to code that only prepares the next
+        step (pydantic-ai's agent graph): the commit's round trip overlaps that work. No step, message,
+        sleep, child or outcome of this run starts before the commit (`settle`), so a step that another
+        step followed never runs again after a crash, as with `record`.
+        """
+        task = self.loop.create_task(self.record(record))
+        task.add_done_callback(_observed)  # its failure is raised by settle(), or moot if the run ended
+        self.unsettled.append(task)
+
+    async def settle(self) -> None:
+        """Wait until every checkpoint queued by record_soon() is committed; raise the first that failed.
+
+        Called after taking a position and before acting on it, so positions follow the order of calls.
+        """
+        while self.unsettled:
+            task = self.unsettled[0]
+            if not task.done():
+                # Shielded: a cancelled workflow must not cancel a write that may be committing already.
+                await asyncio.shield(task)
+            task.result()  # a failed checkpoint stays first, so every later operation of the run raises it
+            if self.unsettled and self.unsettled[0] is task:  # (a concurrent waiter may have removed it)
+                self.unsettled.pop(0)
 
     def refused(self, outcome: str, position: int) -> NoReturn:
         """Raise for a write of this run the store refused: cancelled, or owned by another executor now."""
@@ -156,6 +184,11 @@ class WorkflowContext:
     def blocking(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run an engine coroutine from a sync workflow's thread and wait for it."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def _observed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class StepScope:

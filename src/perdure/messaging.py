@@ -80,6 +80,7 @@ async def sleep(seconds: float) -> None:
     """
     ctx = _context.require("perdure.sleep()")
     pos, wake_at, fresh = _wake_time(ctx, seconds)
+    await ctx.settle()
     if fresh:
         await ctx.record(ctx.step_record(pos, SLEEP_STEP, output=str(wake_at)))
     remaining = (wake_at - now_ms()) / 1000
@@ -291,6 +292,7 @@ async def _send_durable(
     ctx: _context.WorkflowContext, destination_id: str, value: str, topic: str, idempotency_key: str | None
 ) -> None:
     pos, rec = ctx.take_position()
+    await ctx.settle()
     h = args_hash((destination_id, topic), {})
     if rec is not None:
         ctx.check_replay(pos, rec, SEND_STEP, h)
@@ -380,6 +382,7 @@ async def _recv(ctx: _context.WorkflowContext, topic: str, timeout: float | None
     """
     h = args_hash((topic,), {})
     pos, rec = ctx.take_position()
+    await ctx.settle()
     if rec is not None:
         ctx.check_replay(pos, rec, RECV_STEP, h)
         if rec.completed_at is not None:
@@ -459,6 +462,7 @@ async def _set_event(
 ) -> None:
     if ctx is not None:
         pos, rec = ctx.take_position()
+        await ctx.settle()
         h = args_hash((key,), {})
         if rec is not None:
             ctx.check_replay(pos, rec, SET_EVENT_STEP, h)
@@ -537,6 +541,7 @@ async def _get_event_durable(
     and the value seen (JSON, or None) once it returns."""
     h = args_hash((workflow_id, key), {})
     pos, rec = ctx.take_position()
+    await ctx.settle()
     store = ctx.store
     if rec is not None:
         ctx.check_replay(pos, rec, GET_EVENT_STEP, h)
@@ -610,6 +615,7 @@ def get_event_sync(workflow_id: str, key: str, timeout: float | None = DEFAULT_T
 
 async def _get_all_events_durable(ctx: _context.WorkflowContext, workflow_id: str) -> dict[str, Any]:
     pos, rec = ctx.take_position()
+    await ctx.settle()
     h = args_hash((workflow_id,), {})
     if rec is not None:
         ctx.check_replay(pos, rec, GET_ALL_EVENTS_STEP, h)
@@ -649,6 +655,7 @@ async def _stream_op(
     name = WRITE_STREAM_STEP if value is not None else CLOSE_STREAM_STEP
     if ctx is not None:
         pos, rec = ctx.take_position()
+        await ctx.settle()
         h = args_hash((key,), {})
         if rec is not None:
             ctx.check_replay(pos, rec, name, h)

@@ -415,6 +415,7 @@ async def _enqueue_here(
         return await submit(runtime.store, runtime, fresh, opts.on_duplicate)
     step_name = f"perdure.enqueue:{defn.name}"
     pos, rec = ctx.take_position()
+    await ctx.settle()
     if rec is not None:
         ctx.check_replay(pos, rec, step_name, None)
         if rec.error is not None:
@@ -509,6 +510,7 @@ async def _debounce_here(
     pos = -1
     if ctx is not None:
         pos, rec = ctx.take_position()
+        await ctx.settle()
         if rec is not None:
             ctx.check_replay(pos, rec, step_name, None)
             assert rec.child_id is not None

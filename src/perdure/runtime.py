@@ -404,6 +404,7 @@ class Perdure(QueueAdmin, Manager):
         """`app.start()` inside a workflow: the child's id is recorded at this position."""
         name = f"perdure.start:{defn.name}"
         pos, rec = ctx.take_position()
+        await ctx.settle()
         if rec is not None:
             ctx.check_replay(pos, rec, name, None)
             assert rec.child_id is not None
@@ -418,6 +419,7 @@ class Perdure(QueueAdmin, Manager):
     ) -> Any:
         """A workflow called from a workflow: deterministic id, result recorded at this position."""
         pos, rec = ctx.take_position()
+        await ctx.settle()
         if rec is not None:
             ctx.check_replay(pos, rec, defn.name, None)
             if rec.error is not None:
@@ -491,11 +493,7 @@ class Perdure(QueueAdmin, Manager):
         outcome: tuple[str, Any]
         try:
             try:
-                if defn.is_async:
-                    value = await defn.fn(*args, **kwargs)
-                else:
-                    assert self._threads is not None
-                    value = await self.loop.run_in_executor(self._threads, self._run_sync_body, ctx, defn, args, kwargs)
+                value = await self._run_body(ctx, defn, args, kwargs)
             except WorkflowCancelled as exc:
                 if ctx.cancel_reason is None:
                     # Not this workflow's own cancellation (a cancelled child, say): an ordinary error.
@@ -541,6 +539,23 @@ class Perdure(QueueAdmin, Manager):
         if not run.done.done():
             run.done.set_result(outcome)
         self._notify_changed(wid)
+
+    async def _run_body(
+        self, ctx: _context.WorkflowContext, defn: WorkflowDef, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """The workflow body's value, once every checkpoint it queued is committed."""
+        try:
+            if defn.is_async:
+                value = await defn.fn(*args, **kwargs)
+            else:
+                assert self._threads is not None
+                value = await self.loop.run_in_executor(self._threads, self._run_sync_body, ctx, defn, args, kwargs)
+        except Exception:
+            # A checkpoint refused (cancelled, or owned elsewhere now) outranks the body's own error.
+            await ctx.settle()
+            raise
+        await ctx.settle()
+        return value
 
     async def _finish(self, run: _Run, status: str, output: str | None, value: Any) -> tuple[str, Any]:
         ctx = run.ctx

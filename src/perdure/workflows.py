@@ -343,6 +343,7 @@ def _replay(ctx: _context.WorkflowContext, defn: StepDef, pos: int, rec: StepRec
 
 async def run_step(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     pos, rec = ctx.take_position()
+    await ctx.settle()
     h = defn.codec.fingerprint(args, kwargs)
     if rec is not None:
         return _replay(ctx, defn, pos, rec, h)
@@ -404,9 +405,10 @@ async def durable_call(
     """
     ctx = _context.require(f"step {name!r}")
     defn = StepDef(name, lambda: body(), True, _ANY_CODEC, options or StepOptions())
-    pos, rec = ctx.take_position()
+    pos, rec = ctx.take_position()  # before any wait: positions follow the order of the calls
     if rec is not None:
         return _replay(ctx, defn, pos, rec, args_fingerprint)
+    await ctx.settle()
     started = now_ms()
     tries = [1]
     try:
@@ -422,9 +424,13 @@ async def durable_call(
         )
         raise
     output = _ANY_CODEC.dump_result(result)
-    await ctx.record(
-        ctx.step_record(pos, name, args_hash=args_fingerprint, output=output, attempts=tries[0], started_at=started)
+    record = ctx.step_record(
+        pos, name, args_hash=args_fingerprint, output=output, attempts=tries[0], started_at=started
     )
+    if ctx.store.commits_off_loop and not ctx.is_sync:
+        ctx.record_soon(record)  # committed before this run's next durable operation starts
+    else:
+        await ctx.record(record)
     return result
 
 
@@ -437,6 +443,7 @@ async def record_value(
     """Run `produce` once per workflow position and replay its recorded value afterwards."""
     ctx = _context.require(name)
     pos, rec = ctx.take_position()
+    await ctx.settle()
     if rec is not None:
         ctx.check_replay(pos, rec, name, None)
         return load(rec.output or "null")

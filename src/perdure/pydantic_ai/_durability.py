@@ -36,10 +36,10 @@ from pydantic_ai.durable_exec import (
 )
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, UsageLimitExceeded, UserError
 from pydantic_ai.external_events import external_event_scope
-from pydantic_ai.messages import AgentStreamEvent, ModelResponse
+from pydantic_ai.messages import AgentStreamEvent, ModelResponse, ToolCallPart
 from pydantic_ai.models import Model
 from pydantic_ai.run import AgentRunResult
-from pydantic_ai.tools import AgentDepsT, RunContext
+from pydantic_ai.tools import AgentDepsT, RunContext, ToolDefinition
 from pydantic_ai.toolsets import ToolsetTool
 from pydantic_ai.usage import RunUsage
 from pydantic_core import PydanticSerializationError
@@ -322,6 +322,17 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         return config
 
     # -- the run ---------------------------------------------------------------------------------------
+    async def before_tool_execute(
+        self, ctx: RunContext[AgentDepsT], *, call: ToolCallPart, tool_def: ToolDefinition, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        # Model steps do not wait for their commit before the agent graph goes on (record_soon). A tool
+        # that runs inline has no step to wait at, so it waits here: it never acts on a model response
+        # that a crash could still take back (the model would be asked again, and might answer otherwise).
+        run = _context.current()
+        if run is not None:
+            await run.settle()
+        return args
+
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
         if not self.in_durable_context:
             return await super().wrap_run(ctx, handler=handler)

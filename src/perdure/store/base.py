@@ -164,6 +164,9 @@ class Store(Protocol):
     """Wakes waiters in this process after writes commit."""
     notifies_other_processes: bool
     """Whether other processes' waiters are woken too (PostgreSQL NOTIFY); if not, they poll."""
+    commits_off_loop: bool
+    """Whether a commit waits on the network rather than on this thread (PostgreSQL): then a checkpoint's
+    round trip can overlap other work of the loop. A SQLite commit runs on the loop thread itself."""
 
     async def open(self) -> None:
         """Connect, create or migrate the schema; refuse a database newer than this code."""

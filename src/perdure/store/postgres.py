@@ -105,6 +105,7 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
         self.schema = options["schema"]
         self.channel = f"perdure_{self.schema}"
         self.notifies_other_processes = options["notify"] == "on"
+        self.commits_off_loop = True
         try:
             self.pool_size = int(options.get("pool_size", "10"))
             self.outage_limit = float(options.get("outage_limit", "60"))

@@ -97,6 +97,7 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
         self.stats = StoreStats()
         self.notifier = Notifier()
         self.notifies_other_processes = False
+        self.commits_off_loop = False
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._committer: GroupCommitter[sqlite3.Connection] = GroupCommitter(self._run_batch)
