@@ -415,6 +415,80 @@ async def test_sync_child_called_from_async_workflow_is_a_clear_error(app: Perdu
 
 
 @workflow
+async def no_steps(x: int) -> int:
+    RUNS["no_steps"] += 1
+    return x
+
+
+@workflow
+async def raises_directly(x: int) -> int:
+    raise ArithmeticError(f"no {x}")
+
+
+async def test_direct_calls_record_their_outcome(app: Perdure) -> None:
+    assert await no_steps(7) == 7
+    with pytest.raises(ArithmeticError, match="no 3"):
+        await raises_directly(3)
+    done = await app.list_workflows(name=f"{__name__}.no_steps")
+    failed = await app.list_workflows(name=f"{__name__}.raises_directly")
+    assert [(w.status, w.output) for w in done] == [(WorkflowStatus.SUCCESS, "7")]
+    assert [(w.status, w.error) for w in failed] == [(WorkflowStatus.ERROR, "ArithmeticError: no 3")]
+    results = await asyncio.gather(*(no_steps(i) for i in range(20)))
+    assert results == list(range(20))
+    assert len(await app.list_workflows(name=f"{__name__}.no_steps", limit=None)) == 21
+
+
+@workflow
+def sync_recorded_values() -> list[str]:
+    flag = perdure.patched_sync("sync-change")
+    u = perdure.uuid4_sync()
+    perdure.sleep_sync(0)
+    return [str(flag), str(u), perdure.workflow_id()]
+
+
+def test_sync_recorded_values_replay(sqlite_url: str) -> None:
+    with Perdure(sqlite_url, maintenance_interval=0.05) as app:
+        first = app.start_sync(sync_recorded_values, workflow_id="rv").result_sync()
+        assert first[0] == "True" and first[2] == "rv"
+        fork = app.fork_sync("rv", 3)
+        replayed = fork.result_sync()
+        assert replayed[:2] == first[:2]  # same recorded uuid
+        assert replayed[2] == fork.workflow_id
+        assert [s.name for s in app.list_steps_sync("rv")] == [
+            "perdure.patch:sync-change",
+            "perdure.uuid4",
+            "perdure.sleep",
+        ]
+
+
+@step
+async def yielding_double(x: int) -> int:
+    for _ in range(5):  # a step that spans loop turns, as a model request does
+        await asyncio.sleep(0)
+    return 2 * x
+
+
+@workflow
+async def one_yielding_step(x: int) -> int:
+    return await yielding_double(x)
+
+
+async def test_a_direct_call_commits_its_row_with_its_first_checkpoint(db_url: str) -> None:
+    commits = []
+    async with Perdure(db_url, maintenance_interval=3600) as quiet:  # no heartbeats in between
+        # Other writes landing in between (the first dequeues of queues other test modules declare)
+        # add commits; one clean run is enough, and without the shared commit no run has only two.
+        for _ in range(50):
+            before = quiet.store.stats.commits
+            assert await one_yielding_step(3) == 6
+            commits.append(quiet.store.stats.commits - before)
+            if commits[-1] <= 2:
+                break
+    # The row and the step share one commit, the outcome has its own: two, where three were before.
+    assert min(commits) == 2
+
+
+@workflow
 async def slow_first_step(key: str) -> str:
     await wait_gate(key)
     return key
