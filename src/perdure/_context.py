@@ -65,8 +65,12 @@ class WorkflowContext:
         self.scratch: dict[str, Any] = {}
         # Async steps currently running, so a cancel can interrupt them.
         self.inflight: set[asyncio.Task[Any]] = set()
-        # Checkpoints queued by record_soon() whose commit the run's next durable operation awaits.
-        self.unsettled: list[asyncio.Task[None]] = []
+        # Checkpoints queued by record_soon(), numbered in order, whose commit later operations await.
+        self.unsettled: list[tuple[int, asyncio.Task[None]]] = []
+        self._queued = 0
+        # Set when a checkpoint written in the background was refused because another executor owns the
+        # run now: the run was interrupted, and ends LOST.
+        self.lost: OwnershipLost | None = None
 
     # -- positions and replay ----------------------------------------------------------------------------
     def take_position(self) -> tuple[int, StepRecord | None]:
@@ -98,30 +102,51 @@ class WorkflowContext:
         self.refused(outcome, record.step_id)
 
     def record_soon(self, record: StepRecord) -> None:
-        """Queue a checkpoint without waiting for its commit; the run's next durable operation waits.
+        """Queue a checkpoint without waiting for its commit; the run's later operations wait for it.
 
         For integration steps (`durable_call`), whose results go on to code that only prepares the next
-        step (pydantic-ai's agent graph): the commit's round trip overlaps that work. No step, message,
-        sleep, child or outcome of this run starts before the commit (`settle`), so a step that another
-        step followed never runs again after a crash, as with `record`.
+        step (pydantic-ai's agent graph): the commit's round trip overlaps that work. No later step,
+        message, sleep, child or outcome of this run starts before the commit (`settle`), so a step
+        that another step followed never runs again after a crash, as with `record`.
         """
-        task = self.loop.create_task(self.record(record))
+        task = self.loop.create_task(self._record_in_background(record))
         task.add_done_callback(_observed)  # its failure is raised by settle(), or moot if the run ended
-        self.unsettled.append(task)
+        self.unsettled.append((self._queued, task))
+        self._queued += 1
+
+    async def _record_in_background(self, record: StepRecord) -> None:
+        try:
+            await self.record(record)
+        except (WorkflowCancelled, OwnershipLost) as exc:
+            # Refused while the run went on: stop what it runs now, as a refusal at the step would have.
+            if isinstance(exc, OwnershipLost):
+                self.lost = exc
+            self._interrupt()
+            raise
 
     async def settle(self) -> None:
-        """Wait until every checkpoint queued by record_soon() is committed; raise the first that failed.
+        """Wait until every checkpoint queued by record_soon() before this call is committed; raise the
+        first that failed.
 
         Called after taking a position and before acting on it, so positions follow the order of calls.
+        Checkpoints queued while it waits belong to operations running alongside (parallel tool calls),
+        not before, so it does not wait for those.
         """
-        while self.unsettled:
-            task = self.unsettled[0]
+        horizon = self._queued
+        while True:
+            task = next((t for n, t in self.unsettled if n < horizon), None)
+            if task is None:
+                return
             if not task.done():
                 # Shielded: a cancelled workflow must not cancel a write that may be committing already.
                 await asyncio.shield(task)
-            task.result()  # a failed checkpoint stays first, so every later operation of the run raises it
-            if self.unsettled and self.unsettled[0] is task:  # (a concurrent waiter may have removed it)
-                self.unsettled.pop(0)
+            task.result()  # a failed checkpoint stays queued, so every later operation of the run raises it
+            self.unsettled = [entry for entry in self.unsettled if entry[1] is not task]
+
+    async def settle_all(self) -> None:
+        """Wait until no checkpoint of the run is left uncommitted (before its outcome is written)."""
+        while self.unsettled:
+            await self.settle()
 
     def refused(self, outcome: str, position: int) -> NoReturn:
         """Raise for a write of this run the store refused: cancelled, or owned by another executor now."""
@@ -168,6 +193,9 @@ class WorkflowContext:
         if self.cancel_reason is not None:
             return
         self.cancel_reason = reason
+        self._interrupt()
+
+    def _interrupt(self) -> None:
         self.wakeup.set()
         for task in list(self.inflight):
             task.cancel()

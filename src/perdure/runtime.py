@@ -503,11 +503,15 @@ class Perdure(QueueAdmin, Manager):
                     outcome = ("CANCELLED", None)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
-                if ctx.cancel_reason is None or self._closing:
+                if (ctx.cancel_reason is None and ctx.lost is None) or self._closing:
                     raise  # shutdown: stay PENDING, to be recovered
                 if task is not None:
                     task.uncancel()
-                outcome = ("CANCELLED", None)
+                if ctx.lost is not None:  # a checkpoint written in the background was refused
+                    log.warning("perdure: %s", ctx.lost)
+                    outcome = ("LOST", None)
+                else:
+                    outcome = ("CANCELLED", None)
             except OwnershipLost as exc:
                 log.warning("perdure: %s", exc)
                 outcome = ("LOST", None)
@@ -552,9 +556,9 @@ class Perdure(QueueAdmin, Manager):
                 value = await self.loop.run_in_executor(self._threads, self._run_sync_body, ctx, defn, args, kwargs)
         except Exception:
             # A checkpoint refused (cancelled, or owned elsewhere now) outranks the body's own error.
-            await ctx.settle()
+            await ctx.settle_all()
             raise
-        await ctx.settle()
+        await ctx.settle_all()
         return value
 
     async def _finish(self, run: _Run, status: str, output: str | None, value: Any) -> tuple[str, Any]:

@@ -4,7 +4,9 @@ Model and tool steps hand their result on before their commit is acknowledged (`
 round trip overlaps pydantic-ai's own work between steps. These tests slow every checkpoint write down
 (a delay in front of the real store) and check, from inside each model request and each tool, that every
 earlier step is already committed: no model is asked, no tool (checkpointed or inline) runs, and no
-outcome is written while an earlier checkpoint could still be lost.
+outcome is written while an earlier checkpoint could still be lost. Output functions and validators
+wait too; a checkpoint refused in the background stops the run and what runs beside it; and tool calls
+running side by side keep their usage apart, so a replay counts the same.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.output import ToolOutput
 from pydantic_ai.tools import Tool
 
 import perdure
@@ -143,3 +146,120 @@ async def test_a_refused_checkpoint_stops_the_run_before_the_next_step(app: Perd
     assert refused_tool == []
     assert (await app.get_workflow("order-cancelled")).status == WorkflowStatus.CANCELLED
     assert await app.list_steps("order-cancelled") == []
+
+
+slow_tool: list[str] = []
+
+
+async def parallel_cancel_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(
+        parts=[
+            ToolCallPart("cancel_in_store", {}, tool_call_id="c1"),
+            ToolCallPart("wait_forever", {}, tool_call_id="c2"),
+        ]
+    )
+
+
+async def cancel_in_store() -> str:
+    # Stands in for a cancel from another process: only the database knows, so the refusal of this
+    # tool's own checkpoint is how this process learns it.
+    await APP[0].store.workflow_cancel("order-parallel")
+    return "cancelled it"
+
+
+async def wait_forever() -> str:
+    slow_tool.append("started")
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        slow_tool.append("cancelled")
+        raise
+    return "never"
+
+
+parallel_cancel = DurableAgent(
+    Agent(FunctionModel(parallel_cancel_script), name="parallel_cancel", tools=[cancel_in_store, wait_forever])
+)
+
+
+async def test_a_refused_checkpoint_interrupts_the_steps_running_beside_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow_tool.clear()
+    # No maintenance pass (it would notice the cancel in the database on its own): the refusal of the
+    # checkpoint is the only way this process learns of it.
+    async with Perdure(db_url, maintenance_interval=3600) as quiet:
+        real = quiet.store.step_record
+
+        async def late(record: Any, executor_id: str) -> Any:
+            await asyncio.sleep(0.02)
+            return await real(record, executor_id)
+
+        monkeypatch.setattr(quiet.store, "step_record", late)
+        APP[:] = [quiet]
+        with pytest.raises(WorkflowCancelled):
+            async with asyncio.timeout(30):  # guards a hang only: the sibling must be interrupted at once
+                await parallel_cancel.run("go", workflow_id="order-parallel")
+        assert slow_tool == ["started", "cancelled"]
+        assert (await quiet.get_workflow("order-parallel")).status == WorkflowStatus.CANCELLED
+
+
+async def send_answer(answer: str) -> str:
+    SEEN.append(("output function", await committed(RUN_ID)))
+    return answer.upper()
+
+
+async def output_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"answer": "yes"}, tool_call_id="o1")])
+
+
+output_agent = DurableAgent(Agent(FunctionModel(output_script), name="output_fn", output_type=ToolOutput(send_answer)))
+
+
+async def validated_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[TextPart("fine")])
+
+
+validated_agent_plain = Agent(FunctionModel(validated_script), name="validated")
+
+
+@validated_agent_plain.output_validator
+async def check_output(output: str) -> str:
+    SEEN.append(("output validator", await committed(RUN_ID)))
+    return output
+
+
+validated_agent = DurableAgent(validated_agent_plain)
+
+
+async def test_an_output_function_acts_on_a_committed_model_response(app: Perdure, slow_checkpoints: None) -> None:
+    assert (await output_agent.run("go", workflow_id=RUN_ID)).output == "YES"
+    assert SEEN == [("output function", 1)]
+
+
+async def test_an_output_validator_checks_a_committed_model_response(app: Perdure, slow_checkpoints: None) -> None:
+    assert (await validated_agent.run("go", workflow_id=RUN_ID)).output == "fine"
+    assert SEEN == [("output validator", 1)]
+
+
+async def fan_out_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if len(messages) == 1:
+        return ModelResponse(parts=[ToolCallPart("echo", {"n": n}, tool_call_id=f"e{n}") for n in range(4)])
+    return ModelResponse(parts=[TextPart("echoed")])
+
+
+async def echo(n: int) -> int:
+    if n % 2:
+        await asyncio.sleep(0.005)  # finishes after its even siblings, while they are counted
+    return n
+
+
+fan_out = DurableAgent(Agent(FunctionModel(fan_out_script), name="fan_out", tools=[echo]))
+
+
+async def test_parallel_tool_calls_count_the_same_usage_when_replayed(app: Perdure) -> None:
+    first = await fan_out.run("go", workflow_id="fan-1")
+    assert (first.usage.tool_calls, first.usage.requests) == (4, 2)
+    # Replaying the four tool checkpoints must not count a sibling's tool call into another's.
+    replayed = await (await app.fork("fan-1", from_step=5)).result()
+    assert (replayed["usage"]["tool_calls"], replayed["usage"]["requests"]) == (4, 2)

@@ -38,6 +38,7 @@ from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, U
 from pydantic_ai.external_events import external_event_scope
 from pydantic_ai.messages import AgentStreamEvent, ModelResponse, ToolCallPart
 from pydantic_ai.models import Model
+from pydantic_ai.output import OutputContext
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT, RunContext, ToolDefinition
 from pydantic_ai.toolsets import ToolsetTool
@@ -126,9 +127,19 @@ class PerdureOperationBackend(JournalCallableOperationBackend[StepConfig]):
         async def measured() -> object:
             nonlocal executed
             executed = True
-            before = copy.copy(run_ctx.usage)
-            result = await body()
-            delta = run_ctx.usage - before
+            # The tool's own context (a copy per call) counts on a copy of the run's usage for the
+            # length of the body: what the tool adds is then its own, not also what tool calls running
+            # alongside add to the shared object meanwhile (which a replay would count twice).
+            shared = run_ctx.usage
+            before = copy.copy(shared)
+            own = run_ctx.usage = copy.copy(shared)
+            try:
+                result = await body()
+            finally:
+                run_ctx.usage = shared
+                delta = own - before
+                if delta.has_values():
+                    shared.incr(delta)
             if not delta.has_values():
                 return {"result": result}
             return {"result": result, "usage_delta": _USAGE.dump_python(delta, mode="json")}
@@ -332,6 +343,15 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         if run is not None:
             await run.settle()
         return args
+
+    async def before_output_process(
+        self, ctx: RunContext[AgentDepsT], *, output_context: OutputContext, output: Any
+    ) -> Any:
+        # Output functions run as output processing, without tool hooks: the same wait as for tools.
+        run = _context.current()
+        if run is not None:
+            await run.settle()
+        return output
 
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
         if not self.in_durable_context:
