@@ -524,6 +524,10 @@ async def test_a_held_insert_fails_cleanly_when_the_store_closes_and_commits_not
     await store.open()
     try:
         assert await store.workflow_get("held-1") is None
+        # The store opened again writes as before: nothing of the cancelled commit is left waiting.
+        async with asyncio.timeout(30):  # guards a hang only
+            assert (await store.workflow_insert(record)).inserted
+        assert await store.workflow_get("held-1") is not None
     finally:
         await store.close()
 

@@ -178,7 +178,8 @@ class AsyncGroupCommitter(Generic[C]):
                     if isinstance(exc, asyncio.CancelledError):
                         raise
         finally:
-            self._flusher = None
+            if self._flusher is asyncio.current_task():
+                self._flusher = None
 
     def fail_pending(self, exc: BaseException) -> None:
         pending, self._pending = self._pending, []
@@ -186,4 +187,8 @@ class AsyncGroupCommitter(Generic[C]):
             if not op.future.done():
                 op.future.set_exception(exc)
         if self._flusher is not None:
+            # A flusher cancelled before it first ran never reaches its `finally`: forget it here, or
+            # every write after the store is opened again would wait for it forever.
             self._flusher.cancel()
+            self._flusher = None
+            self._company = None
