@@ -369,9 +369,15 @@ def send_sync(
     runtime.send_sync(destination_id, message, topic, idempotency_key=idempotency_key)
 
 
-def _waiting(ctx: _context.WorkflowContext, pos: int, name: str, h: str | None, deadline: int | None) -> StepRecord:
-    """The checkpoint of a wait under way: no `completed_at` yet, its deadline as output."""
-    return replace(ctx.step_record(pos, name, args_hash=h, output=json.dumps(deadline)), completed_at=None)
+def _waiting(
+    ctx: _context.WorkflowContext, pos: int, name: str, h: str | None, timeout: float | None
+) -> tuple[StepRecord, int | None]:
+    """The checkpoint of a wait under way (no `completed_at` yet, its deadline as output), and the deadline:
+    `timeout` from the checkpoint's own start, to the millisecond."""
+    started = now_ms()
+    deadline = None if timeout is None else started + int(timeout * 1000)
+    record = ctx.step_record(pos, name, args_hash=h, output=json.dumps(deadline), started_at=started)
+    return replace(record, completed_at=None), deadline
 
 
 async def _recv(ctx: _context.WorkflowContext, topic: str, timeout: float | None) -> str | None:
@@ -390,8 +396,7 @@ async def _recv(ctx: _context.WorkflowContext, topic: str, timeout: float | None
         deadline: int | None = json.loads(rec.output or "null")
         wait: StepRecord | None = None
     else:
-        deadline = _deadline(timeout)
-        wait = _waiting(ctx, pos, RECV_STEP, h, deadline)
+        wait, deadline = _waiting(ctx, pos, RECV_STEP, h, timeout)
     store = ctx.store
     result = ctx.step_record(pos, RECV_STEP, args_hash=h, output="null")
     if rec is not None and rec.started_at is not None:
@@ -554,8 +559,7 @@ async def _get_event_durable(
         if value is not None:
             await ctx.record(ctx.step_record(pos, GET_EVENT_STEP, args_hash=h, output=value))
             return value
-        deadline = _deadline(timeout)
-        waiting = _waiting(ctx, pos, GET_EVENT_STEP, h, deadline)
+        waiting, deadline = _waiting(ctx, pos, GET_EVENT_STEP, h, timeout)
         await ctx.record(waiting)
         started = waiting.started_at
     value = await _read_event(store, workflow_id, key, deadline, ctx.runtime.poll_interval, ctx)
