@@ -71,6 +71,7 @@ class WorkflowContext:
         # Set when a checkpoint written in the background was refused because another executor owns the
         # run now: the run was interrupted, and ends LOST.
         self.lost: OwnershipLost | None = None
+        self._cancel_delivered = False  # the run's tasks were interrupted (cancel or a refusal)
 
     # -- positions and replay ----------------------------------------------------------------------------
     def take_position(self) -> tuple[int, StepRecord | None]:
@@ -118,11 +119,22 @@ class WorkflowContext:
         try:
             await self.record(record)
         except (WorkflowCancelled, OwnershipLost) as exc:
-            # Refused while the run went on: stop what it runs now, as a refusal at the step would have.
-            if isinstance(exc, OwnershipLost):
+            # Refused while the run went on: stop what it runs now, as a refusal at the step would have,
+            # unless a cancel or an earlier refusal already did (its cleanup must not be cut short).
+            stopped = self.lost is not None or (self.cancel_reason is not None and self._cancel_delivered)
+            if isinstance(exc, OwnershipLost) and self.lost is None:
                 self.lost = exc
-            self._interrupt()
+            if not stopped:
+                self._cancel_delivered = True
+                self._interrupt()
             raise
+
+    async def settle_quietly(self) -> None:
+        """Wait for the checkpoints still in flight, whatever their outcome (the run ended otherwise)."""
+        while self.unsettled:
+            _, task = self.unsettled.pop(0)
+            if not task.done():
+                await asyncio.wait([task])
 
     async def settle(self) -> None:
         """Wait until every checkpoint queued by record_soon() before this call is committed; raise the
@@ -193,6 +205,7 @@ class WorkflowContext:
         if self.cancel_reason is not None:
             return
         self.cancel_reason = reason
+        self._cancel_delivered = True
         self._interrupt()
 
     def _interrupt(self) -> None:

@@ -500,6 +500,7 @@ class Perdure(QueueAdmin, Manager):
                     ctx.task = None
                     outcome = await self._finish(run, "ERROR", None, exc)
                 else:
+                    await ctx.settle_quietly()
                     outcome = ("CANCELLED", None)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
@@ -507,6 +508,8 @@ class Perdure(QueueAdmin, Manager):
                     raise  # shutdown: stay PENDING, to be recovered
                 if task is not None:
                     task.uncancel()
+                # A checkpoint still committing lands before the run counts as ended (and can be resumed).
+                await ctx.settle_quietly()
                 if ctx.lost is not None:  # a checkpoint written in the background was refused
                     log.warning("perdure: %s", ctx.lost)
                     outcome = ("LOST", None)
@@ -514,6 +517,7 @@ class Perdure(QueueAdmin, Manager):
                     outcome = ("CANCELLED", None)
             except OwnershipLost as exc:
                 log.warning("perdure: %s", exc)
+                await ctx.settle_quietly()
                 outcome = ("LOST", None)
             except Exception as exc:
                 ctx.task = None

@@ -19,8 +19,9 @@ import pytest
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.test import TestModel
 from pydantic_ai.output import ToolOutput
-from pydantic_ai.tools import Tool
+from pydantic_ai.tools import RunContext, Tool
 
 import perdure
 from perdure import Perdure, WorkflowCancelled, WorkflowStatus, workflow
@@ -263,3 +264,67 @@ async def test_parallel_tool_calls_count_the_same_usage_when_replayed(app: Perdu
     # Replaying the four tool checkpoints must not count a sibling's tool call into another's.
     replayed = await (await app.fork("fan-1", from_step=5)).result()
     assert (replayed["usage"]["tool_calls"], replayed["usage"]["requests"]) == (4, 2)
+
+
+async def check_x(ctx: RunContext[None], x: int) -> None:
+    SEEN.append(("args validator", await committed(RUN_ID)))
+
+
+async def validated_script_tool(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if len(messages) == 1:
+        return ModelResponse(parts=[ToolCallPart("inline", {"x": 5}, tool_call_id="v1")])
+    return ModelResponse(parts=[TextPart("done")])
+
+
+validated_inline = DurableAgent(
+    Agent(
+        FunctionModel(validated_script_tool),
+        name="validated_inline",
+        tools=[Tool(inline, metadata={"perdure": False}, args_validator=check_x)],
+    )
+)
+
+
+async def test_an_inline_tools_argument_validator_checks_a_committed_model_response(
+    app: Perdure, slow_checkpoints: None
+) -> None:
+    assert (await validated_inline.run("go", workflow_id=RUN_ID)).output == "done"
+    assert SEEN[:2] == [("args validator", 1), ("inline", 1)]
+
+
+delegate = DurableAgent(Agent(TestModel(custom_output_text="delegated"), name="order_delegate"))
+retried_attempts: list[int] = []
+
+
+async def delegate_then_fail_once(ctx: RunContext[None]) -> str:
+    answer = (await delegate.run("sub-question", usage=ctx.usage)).output
+    retried_attempts.append(1)
+    if len(retried_attempts) == 1:
+        raise ConnectionError("flaky after the delegate answered")
+    return answer
+
+
+async def retry_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if len(messages) == 1:
+        return ModelResponse(parts=[ToolCallPart("delegate_then_fail_once", {}, tool_call_id="r1")])
+    return ModelResponse(parts=[TextPart("retried")])
+
+
+retrying = DurableAgent(
+    Agent(
+        FunctionModel(retry_script),
+        name="retrying",
+        tools=[Tool(delegate_then_fail_once, metadata={"perdure": {"max_attempts": 2, "retry_interval": 0}})],
+    )
+)
+
+
+async def test_a_retried_tools_usage_counts_every_attempt_when_replayed(app: Perdure) -> None:
+    retried_attempts.clear()
+    first = await retrying.run("go", workflow_id="retry-usage")
+    assert retried_attempts == [1, 1]
+    # Two model requests of this agent, one of the delegate per attempt.
+    assert first.usage.requests == 4
+    replayed = await (await app.fork("retry-usage", from_step=2)).result()
+    assert replayed["usage"]["requests"] == 4
+    assert retried_attempts == [1, 1]  # the tool was replayed, not run again

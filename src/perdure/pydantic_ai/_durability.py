@@ -123,13 +123,15 @@ class PerdureOperationBackend(JournalCallableOperationBackend[StepConfig]):
         # A tool may run other agents with `usage=ctx.usage`. Their usage is recorded with the tool's
         # checkpoint and added back when the checkpoint is replayed, so the run's usage stays complete.
         executed = False
+        attempts_usage = RunUsage()  # what every attempt so far added, failed ones included
 
         async def measured() -> object:
             nonlocal executed
             executed = True
             # The tool's own context (a copy per call) counts on a copy of the run's usage for the
             # length of the body: what the tool adds is then its own, not also what tool calls running
-            # alongside add to the shared object meanwhile (which a replay would count twice).
+            # alongside add to the shared object meanwhile (which a replay would count twice). The
+            # price: a delegate's usage limits see the run's totals as of its tool's start.
             shared = run_ctx.usage
             before = copy.copy(shared)
             own = run_ctx.usage = copy.copy(shared)
@@ -140,9 +142,10 @@ class PerdureOperationBackend(JournalCallableOperationBackend[StepConfig]):
                 delta = own - before
                 if delta.has_values():
                     shared.incr(delta)
-            if not delta.has_values():
+                    attempts_usage.incr(delta)
+            if not attempts_usage.has_values():
                 return {"result": result}
-            return {"result": result, "usage_delta": _USAGE.dump_python(delta, mode="json")}
+            return {"result": result, "usage_delta": _USAGE.dump_python(attempts_usage, mode="json")}
 
         payload = await durable_call(name, measured, options=options)
         assert isinstance(payload, dict)
@@ -333,6 +336,15 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         return config
 
     # -- the run ---------------------------------------------------------------------------------------
+    async def before_tool_validate(
+        self, ctx: RunContext[AgentDepsT], *, call: ToolCallPart, tool_def: ToolDefinition, args: str | dict[str, Any]
+    ) -> str | dict[str, Any]:
+        # An inline tool's argument validators run in the workflow too: same wait as its execution.
+        run = _context.current()
+        if run is not None:
+            await run.settle()
+        return args
+
     async def before_tool_execute(
         self, ctx: RunContext[AgentDepsT], *, call: ToolCallPart, tool_def: ToolDefinition, args: dict[str, Any]
     ) -> dict[str, Any]:
