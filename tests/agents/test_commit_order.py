@@ -328,3 +328,49 @@ async def test_a_retried_tools_usage_counts_every_attempt_when_replayed(app: Per
     replayed = await (await app.fork("retry-usage", from_step=2)).result()
     assert replayed["usage"]["requests"] == 4
     assert retried_attempts == [1, 1]  # the tool was replayed, not run again
+
+
+answers: list[int] = []
+
+
+async def counting_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if len(messages) > 1:
+        return ModelResponse(parts=[TextPart(f"answer {answers[-1]}")])
+    answers.append(len(answers) + 1)
+    if len(answers) == 1:
+        # Cancel the run while this step's checkpoint is still on its way to the database.
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, lambda: loop.create_task(APP[0].cancel("order-resume")))
+    return ModelResponse(parts=[ToolCallPart("noted", {"x": answers[-1]}, tool_call_id="k1")])
+
+
+async def noted(x: int) -> int:
+    return x
+
+
+counting = DurableAgent(Agent(FunctionModel(counting_script), name="counting", tools=[noted]))
+
+
+async def test_a_cancelled_run_ends_after_its_last_checkpoint_write_so_a_resume_cannot_race_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers.clear()
+    async with Perdure(db_url, maintenance_interval=3600) as quiet:
+        real = quiet.store.step_record
+
+        async def late(record: Any, executor_id: str, **options: Any) -> Any:
+            await asyncio.sleep(0.3)
+            return await real(record, executor_id, **options)
+
+        monkeypatch.setattr(quiet.store, "step_record", late)
+        APP[:] = [quiet]
+        handle = await counting.start("go", workflow_id="order-resume")
+        with pytest.raises(WorkflowCancelled):
+            await handle.result()
+        resumed = await quiet.resume("order-resume")
+        raw = await resumed.result()
+        # Whatever the resumed run asked the model, its checkpoint holds the same answer: no write of
+        # the cancelled run landed after the resume.
+        steps = await quiet.list_steps("order-resume")
+        assert steps[0].output is not None and f'"x":{answers[-1]}' in steps[0].output.replace(" ", "")
+        assert raw["output"] == f"answer {answers[-1]}"
