@@ -71,7 +71,6 @@ class WorkflowContext:
         # Set when a checkpoint written in the background was refused because another executor owns the
         # run now: the run was interrupted, and ends LOST.
         self.lost: OwnershipLost | None = None
-        self._cancel_delivered = False  # the run's tasks were interrupted (cancel or a refusal)
 
     # -- positions and replay ----------------------------------------------------------------------------
     def take_position(self) -> tuple[int, StepRecord | None]:
@@ -79,6 +78,14 @@ class WorkflowContext:
         pos = self.position
         self.position += 1
         return pos, self.recorded.get(pos)
+
+    async def next_position(self) -> tuple[int, StepRecord | None]:
+        """`take_position()` for an async durable operation: the position is taken at once (positions
+        follow the order of calls), then the checkpoints queued before it are awaited (`settle`)."""
+        taken = self.take_position()
+        if self.unsettled:
+            await self.settle()
+        return taken
 
     def peek_recorded(self) -> StepRecord | None:
         return self.recorded.get(self.position)
@@ -96,7 +103,9 @@ class WorkflowContext:
             )
 
     async def record(self, record: StepRecord) -> None:
-        outcome = await self.store.step_record(record, self.executor_id)
+        self._apply(await self.store.step_record(record, self.executor_id), record)
+
+    def _apply(self, outcome: str, record: StepRecord) -> None:
         if outcome == "ok":
             self.recorded[record.step_id] = record
             return
@@ -116,18 +125,18 @@ class WorkflowContext:
         self._queued += 1
 
     async def _record_in_background(self, record: StepRecord) -> None:
+        outcome = await self.store.step_record(record, self.executor_id)
+        # Refused while the run went on: stop what it runs now, as a refusal at the step would have,
+        # unless a cancel or an earlier refusal already stopped it (its cleanup must not be cut short).
+        stopping = self.cancel_reason is not None or self.lost is not None
         try:
-            await self.record(record)
-        except (WorkflowCancelled, OwnershipLost) as exc:
-            # Refused while the run went on: stop what it runs now, as a refusal at the step would have,
-            # unless a cancel or an earlier refusal already did (its cleanup must not be cut short).
-            stopped = self.lost is not None or (self.cancel_reason is not None and self._cancel_delivered)
-            if isinstance(exc, OwnershipLost) and self.lost is None:
-                self.lost = exc
-            if not stopped:
-                self._cancel_delivered = True
-                self._interrupt()
+            self._apply(outcome, record)
+        except OwnershipLost as exc:
+            self.lost = self.lost or exc
             raise
+        finally:
+            if outcome != "ok" and not stopping:
+                self._interrupt()
 
     async def settle_quietly(self) -> None:
         """Wait for the checkpoints still in flight, whatever their outcome (the run ended otherwise)."""
@@ -144,6 +153,8 @@ class WorkflowContext:
         Checkpoints queued while it waits belong to operations running alongside (parallel tool calls),
         not before, so it does not wait for those.
         """
+        if not self.unsettled:
+            return
         horizon = self._queued
         while True:
             task = next((t for n, t in self.unsettled if n < horizon), None)
@@ -205,7 +216,6 @@ class WorkflowContext:
         if self.cancel_reason is not None:
             return
         self.cancel_reason = reason
-        self._cancel_delivered = True
         self._interrupt()
 
     def _interrupt(self) -> None:

@@ -291,8 +291,7 @@ async def _send_plain(store: Store, destination_id: str, value: str, topic: str,
 async def _send_durable(
     ctx: _context.WorkflowContext, destination_id: str, value: str, topic: str, idempotency_key: str | None
 ) -> None:
-    pos, rec = ctx.take_position()
-    await ctx.settle()
+    pos, rec = await ctx.next_position()
     h = args_hash((destination_id, topic), {})
     if rec is not None:
         ctx.check_replay(pos, rec, SEND_STEP, h)
@@ -387,8 +386,7 @@ async def _recv(ctx: _context.WorkflowContext, topic: str, timeout: float | None
     for the rest); the message completes the checkpoint in the transaction that consumes it.
     """
     h = args_hash((topic,), {})
-    pos, rec = ctx.take_position()
-    await ctx.settle()
+    pos, rec = await ctx.next_position()
     if rec is not None:
         ctx.check_replay(pos, rec, RECV_STEP, h)
         if rec.completed_at is not None:
@@ -466,8 +464,7 @@ async def _set_event(
     ctx: _context.WorkflowContext | None, scope: _context.StepScope | None, key: str, value: str
 ) -> None:
     if ctx is not None:
-        pos, rec = ctx.take_position()
-        await ctx.settle()
+        pos, rec = await ctx.next_position()
         h = args_hash((key,), {})
         if rec is not None:
             ctx.check_replay(pos, rec, SET_EVENT_STEP, h)
@@ -545,8 +542,7 @@ async def _get_event_durable(
     """`get_event` in a workflow body: one position, whose checkpoint holds the deadline while it waits
     and the value seen (JSON, or None) once it returns."""
     h = args_hash((workflow_id, key), {})
-    pos, rec = ctx.take_position()
-    await ctx.settle()
+    pos, rec = await ctx.next_position()
     store = ctx.store
     if rec is not None:
         ctx.check_replay(pos, rec, GET_EVENT_STEP, h)
@@ -618,8 +614,7 @@ def get_event_sync(workflow_id: str, key: str, timeout: float | None = DEFAULT_T
 
 
 async def _get_all_events_durable(ctx: _context.WorkflowContext, workflow_id: str) -> dict[str, Any]:
-    pos, rec = ctx.take_position()
-    await ctx.settle()
+    pos, rec = await ctx.next_position()
     h = args_hash((workflow_id,), {})
     if rec is not None:
         ctx.check_replay(pos, rec, GET_ALL_EVENTS_STEP, h)
@@ -658,8 +653,7 @@ async def _stream_op(
 ) -> None:
     name = WRITE_STREAM_STEP if value is not None else CLOSE_STREAM_STEP
     if ctx is not None:
-        pos, rec = ctx.take_position()
-        await ctx.settle()
+        pos, rec = await ctx.next_position()
         h = args_hash((key,), {})
         if rec is not None:
             ctx.check_replay(pos, rec, name, h)

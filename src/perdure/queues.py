@@ -414,8 +414,7 @@ async def _enqueue_here(
         fresh = record(opts.workflow_id or uuid.uuid4().hex, None)
         return await submit(runtime.store, runtime, fresh, opts.on_duplicate)
     step_name = f"perdure.enqueue:{defn.name}"
-    pos, rec = ctx.take_position()
-    await ctx.settle()
+    pos, rec = await ctx.next_position()
     if rec is not None:
         ctx.check_replay(pos, rec, step_name, None)
         if rec.error is not None:
@@ -509,8 +508,7 @@ async def _debounce_here(
     step_name = f"perdure.debounce:{defn.name}"
     pos = -1
     if ctx is not None:
-        pos, rec = ctx.take_position()
-        await ctx.settle()
+        pos, rec = await ctx.next_position()
         if rec is not None:
             ctx.check_replay(pos, rec, step_name, None)
             assert rec.child_id is not None

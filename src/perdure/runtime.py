@@ -403,8 +403,7 @@ class Perdure(QueueAdmin, Manager):
     ) -> WorkflowHandle:
         """`app.start()` inside a workflow: the child's id is recorded at this position."""
         name = f"perdure.start:{defn.name}"
-        pos, rec = ctx.take_position()
-        await ctx.settle()
+        pos, rec = await ctx.next_position()
         if rec is not None:
             ctx.check_replay(pos, rec, name, None)
             assert rec.child_id is not None
@@ -418,8 +417,7 @@ class Perdure(QueueAdmin, Manager):
         self, ctx: _context.WorkflowContext, defn: WorkflowDef, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """A workflow called from a workflow: deterministic id, result recorded at this position."""
-        pos, rec = ctx.take_position()
-        await ctx.settle()
+        pos, rec = await ctx.next_position()
         if rec is not None:
             ctx.check_replay(pos, rec, defn.name, None)
             if rec.error is not None:

@@ -342,8 +342,7 @@ def _replay(ctx: _context.WorkflowContext, defn: StepDef, pos: int, rec: StepRec
 
 
 async def run_step(ctx: _context.WorkflowContext, defn: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    pos, rec = ctx.take_position()
-    await ctx.settle()
+    pos, rec = await ctx.next_position()
     h = defn.codec.fingerprint(args, kwargs)
     if rec is not None:
         return _replay(ctx, defn, pos, rec, h)
@@ -405,10 +404,9 @@ async def durable_call(
     """
     ctx = _context.require(f"step {name!r}")
     defn = StepDef(name, lambda: body(), True, _ANY_CODEC, options or StepOptions())
-    pos, rec = ctx.take_position()  # before any wait: positions follow the order of the calls
+    pos, rec = await ctx.next_position()
     if rec is not None:
         return _replay(ctx, defn, pos, rec, args_fingerprint)
-    await ctx.settle()
     started = now_ms()
     tries = [1]
     try:
@@ -442,8 +440,7 @@ async def record_value(
 ) -> Any:
     """Run `produce` once per workflow position and replay its recorded value afterwards."""
     ctx = _context.require(name)
-    pos, rec = ctx.take_position()
-    await ctx.settle()
+    pos, rec = await ctx.next_position()
     if rec is not None:
         ctx.check_replay(pos, rec, name, None)
         return load(rec.output or "null")

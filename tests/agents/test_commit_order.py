@@ -65,17 +65,22 @@ ordered = DurableAgent(
 )
 
 
-@pytest.fixture
-def slow_checkpoints(app: Perdure, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every step checkpoint reaches the real store 20 ms late: long after the agent graph moved on."""
+def delay_checkpoints(app: Perdure, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every step checkpoint of `app` reaches the real store `seconds` late (a delay, not a stand-in)."""
     real = app.store.step_record
 
     async def late(record: Any, executor_id: str) -> Any:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(seconds)
         return await real(record, executor_id)
 
     monkeypatch.setattr(app.store, "step_record", late)
     APP[:] = [app]
+
+
+@pytest.fixture
+def slow_checkpoints(app: Perdure, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every step checkpoint reaches the real store 20 ms late: long after the agent graph moved on."""
+    delay_checkpoints(app, monkeypatch, 0.02)
     SEEN.clear()
     yield
     APP.clear()
@@ -190,14 +195,7 @@ async def test_a_refused_checkpoint_interrupts_the_steps_running_beside_it(
     # No maintenance pass (it would notice the cancel in the database on its own): the refusal of the
     # checkpoint is the only way this process learns of it.
     async with Perdure(db_url, maintenance_interval=3600) as quiet:
-        real = quiet.store.step_record
-
-        async def late(record: Any, executor_id: str) -> Any:
-            await asyncio.sleep(0.02)
-            return await real(record, executor_id)
-
-        monkeypatch.setattr(quiet.store, "step_record", late)
-        APP[:] = [quiet]
+        delay_checkpoints(quiet, monkeypatch, 0.02)
         with pytest.raises(WorkflowCancelled):
             async with asyncio.timeout(30):  # guards a hang only: the sibling must be interrupted at once
                 await parallel_cancel.run("go", workflow_id="order-parallel")
@@ -356,14 +354,7 @@ async def test_a_cancelled_run_ends_after_its_last_checkpoint_write_so_a_resume_
 ) -> None:
     answers.clear()
     async with Perdure(db_url, maintenance_interval=3600) as quiet:
-        real = quiet.store.step_record
-
-        async def late(record: Any, executor_id: str, **options: Any) -> Any:
-            await asyncio.sleep(0.3)
-            return await real(record, executor_id, **options)
-
-        monkeypatch.setattr(quiet.store, "step_record", late)
-        APP[:] = [quiet]
+        delay_checkpoints(quiet, monkeypatch, 0.3)
         handle = await counting.start("go", workflow_id="order-resume")
         with pytest.raises(WorkflowCancelled):
             await handle.result()

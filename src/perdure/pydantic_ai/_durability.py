@@ -336,33 +336,26 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
         return config
 
     # -- the run ---------------------------------------------------------------------------------------
+    # Model and tool steps hand their result on before their commit (record_soon). Code the agent runs
+    # in the workflow itself has no step to wait at, so it waits in these hooks: inline tools (their
+    # argument validators too) and output functions and validators never act on a model response that
+    # a crash could still take back (the model would be asked again, and might answer otherwise).
     async def before_tool_validate(
         self, ctx: RunContext[AgentDepsT], *, call: ToolCallPart, tool_def: ToolDefinition, args: str | dict[str, Any]
     ) -> str | dict[str, Any]:
-        # An inline tool's argument validators run in the workflow too: same wait as its execution.
-        run = _context.current()
-        if run is not None:
-            await run.settle()
+        await _settle_checkpoints()
         return args
 
     async def before_tool_execute(
         self, ctx: RunContext[AgentDepsT], *, call: ToolCallPart, tool_def: ToolDefinition, args: dict[str, Any]
     ) -> dict[str, Any]:
-        # Model steps do not wait for their commit before the agent graph goes on (record_soon). A tool
-        # that runs inline has no step to wait at, so it waits here: it never acts on a model response
-        # that a crash could still take back (the model would be asked again, and might answer otherwise).
-        run = _context.current()
-        if run is not None:
-            await run.settle()
+        await _settle_checkpoints()
         return args
 
     async def before_output_process(
         self, ctx: RunContext[AgentDepsT], *, output_context: OutputContext, output: Any
     ) -> Any:
-        # Output functions run as output processing, without tool hooks: the same wait as for tools.
-        run = _context.current()
-        if run is not None:
-            await run.settle()
+        await _settle_checkpoints()
         return output
 
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
@@ -370,6 +363,12 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
             return await super().wrap_run(ctx, handler=handler)
         with _durable_graph_sleep(), external_event_scope(PerdureEventWaiter(self.name)):
             return await super().wrap_run(ctx, handler=handler)
+
+
+async def _settle_checkpoints() -> None:
+    run = _context.current()
+    if run is not None:
+        await run.settle()
 
 
 def _streaming_handler(user: EventStreamHandler[Any] | None) -> EventStreamHandler[Any]:
