@@ -365,3 +365,44 @@ async def test_a_cancelled_run_ends_after_its_last_checkpoint_write_so_a_resume_
         steps = await quiet.list_steps("order-resume")
         assert steps[0].output is not None and f'"x":{answers[-1]}' in steps[0].output.replace(" ", "")
         assert raw["output"] == f"answer {answers[-1]}"
+
+
+cleanup: list[str] = []
+
+
+async def one_tool_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if len(messages) == 1:
+        return ModelResponse(parts=[ToolCallPart("quick", {}, tool_call_id="q1")])
+    return ModelResponse(parts=[TextPart("not reached")])
+
+
+async def quick() -> str:
+    # Cancel the run while this tool's checkpoint is on its way: its refusal arrives after the cancel.
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, lambda: loop.create_task(APP[0].cancel("order-tidy")))
+    return "quick"
+
+
+tidy_agent = Agent(FunctionModel(one_tool_script), name="tidy", tools=[quick], capabilities=[PerdureDurability()])
+
+
+@workflow(name="order.tidy")
+async def tidy_workflow() -> str:
+    try:
+        return (await tidy_agent.run("go")).output
+    finally:
+        cleanup.append("start")
+        await asyncio.sleep(0.5)  # still tidying up when the refusal of the tool's checkpoint arrives
+        cleanup.append("done")
+
+
+async def test_a_refusal_after_a_cancel_does_not_cut_the_cleanup_short(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cleanup.clear()
+    async with Perdure(db_url, maintenance_interval=3600) as quiet:
+        delay_checkpoints(quiet, monkeypatch, 0.3)
+        handle = await quiet.start(tidy_workflow, workflow_id="order-tidy")
+        with pytest.raises(WorkflowCancelled):
+            await handle.result()
+        assert cleanup == ["start", "done"]
