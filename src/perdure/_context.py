@@ -66,7 +66,10 @@ class WorkflowContext:
         # Async steps currently running, so a cancel can interrupt them.
         self.inflight: set[asyncio.Task[Any]] = set()
         # Checkpoints queued by record_soon(), numbered in order, whose commit later operations await.
-        self.unsettled: list[tuple[int, asyncio.Task[None]]] = []
+        self.unsettled: list[tuple[int, asyncio.Future[None]]] = []
+        # Checkpoints queued by record_soon() whose write has not started (a store whose commits run on the
+        # loop thread): written when the run's next durable operation starts, or with its outcome.
+        self.deferred: list[tuple[int, StepRecord]] = []
         self._queued = 0
         # Set when a checkpoint written in the background was refused because another executor owns the
         # run now: the run was interrupted, and ends LOST.
@@ -83,7 +86,7 @@ class WorkflowContext:
         """`take_position()` for an async durable operation: the position is taken at once (positions
         follow the order of calls), then the checkpoints queued before it are awaited (`settle`)."""
         taken = self.take_position()
-        if self.unsettled:
+        if self.unsettled or self.deferred:
             await self.settle()
         return taken
 
@@ -115,14 +118,55 @@ class WorkflowContext:
         """Queue a checkpoint without waiting for its commit; the run's later operations wait for it.
 
         For integration steps (`durable_call`), whose results go on to code that only prepares the next
-        step (pydantic-ai's agent graph): the commit's round trip overlaps that work. No later step,
-        message, sleep, child or outcome of this run starts before the commit (`settle`), so a step
-        that another step followed never runs again after a crash, as with `record`.
+        step (pydantic-ai's agent graph). No later step, message, sleep, child or outcome of this run
+        starts before the commit (`settle`), so a step that another step followed never runs again after
+        a crash, as with `record`. Where a commit waits off the loop (`Store.commits_off_loop`), the
+        write starts now and its round trip overlaps that work. Where it runs on the loop thread
+        (SQLite), it would only block the loop now instead of later: it waits for the next operation,
+        and a run's last checkpoint shares the commit of its outcome (`take_deferred`).
         """
+        serial = self._queued
+        self._queued += 1
+        if self.store.commits_off_loop:
+            self._launch(serial, record)
+        else:
+            self.deferred.append((serial, record))
+
+    def _launch(self, serial: int, record: StepRecord) -> None:
         task = self.loop.create_task(self._record_in_background(record))
         task.add_done_callback(_observed)  # its failure is raised by settle(), or moot if the run ended
-        self.unsettled.append((self._queued, task))
-        self._queued += 1
+        self.unsettled.append((serial, task))
+
+    def _launch_deferred(self) -> None:
+        # Launched together, in one loop turn: their writes share a commit.
+        deferred, self.deferred = self.deferred, []
+        for serial, record in deferred:
+            self._launch(serial, record)
+
+    async def _write_deferred(self) -> None:
+        """Write the one deferred checkpoint from here, as `record` would: on a store that commits on the
+        loop thread, without the task and the loop turns of a launch. A refusal is raised here, and to
+        every operation of the run that waits for it (they find it in `unsettled`)."""
+        ((serial, record),) = self.deferred
+        self.deferred = []
+        written: asyncio.Future[None] = self.loop.create_future()
+        written.add_done_callback(_observed)
+        self.unsettled.append((serial, written))
+        try:
+            self._apply(await self.store.step_record(record, self.executor_id), record)
+        except asyncio.CancelledError:
+            written.cancel()
+            raise
+        except BaseException as exc:
+            written.set_exception(exc)
+            raise
+        written.set_result(None)
+        self.unsettled = [entry for entry in self.unsettled if entry[1] is not written]
+
+    def take_deferred(self) -> list[StepRecord]:
+        """The checkpoints not written yet, for the outcome to write them in its own commit (first)."""
+        deferred, self.deferred = self.deferred, []
+        return [record for _, record in deferred]
 
     async def _record_in_background(self, record: StepRecord) -> None:
         outcome = await self.store.step_record(record, self.executor_id)
@@ -139,20 +183,27 @@ class WorkflowContext:
                 self._interrupt()
 
     async def settle_quietly(self) -> None:
-        """Wait for the checkpoints still in flight, whatever their outcome (the run ended otherwise)."""
+        """Write the checkpoints still queued and wait for them, whatever their outcome (the run ended
+        otherwise, or the process is shutting down: what is written need not run again on recovery)."""
+        self._launch_deferred()
         while self.unsettled:
             _, task = self.unsettled.pop(0)
             if not task.done():
                 await asyncio.wait([task])
 
-    async def settle(self) -> None:
+    async def settle(self, *, launch: bool = True) -> None:
         """Wait until every checkpoint queued by record_soon() before this call is committed; raise the
         first that failed.
 
         Called after taking a position and before acting on it, so positions follow the order of calls.
         Checkpoints queued while it waits belong to operations running alongside (parallel tool calls),
-        not before, so it does not wait for those.
+        not before, so it does not wait for those. `launch=False`: leave the deferred ones unwritten.
         """
+        if launch and self.deferred:
+            if len(self.deferred) == 1 and not self.store.commits_off_loop:
+                await self._write_deferred()
+            else:
+                self._launch_deferred()
         if not self.unsettled:
             return
         horizon = self._queued
@@ -166,10 +217,12 @@ class WorkflowContext:
             task.result()  # a failed checkpoint stays queued, so every later operation of the run raises it
             self.unsettled = [entry for entry in self.unsettled if entry[1] is not task]
 
-    async def settle_all(self) -> None:
-        """Wait until no checkpoint of the run is left uncommitted (before its outcome is written)."""
-        while self.unsettled:
-            await self.settle()
+    async def settle_all(self, *, launch: bool = True) -> None:
+        """Wait until no checkpoint of the run is left uncommitted (before its outcome is written).
+
+        `launch=False`: except the deferred ones, which the outcome then writes (`take_deferred`)."""
+        while self.unsettled or (launch and self.deferred):
+            await self.settle(launch=launch)
 
     def refused(self, outcome: str, position: int) -> NoReturn:
         """Raise for a write of this run the store refused: cancelled, or owned by another executor now."""
@@ -237,7 +290,7 @@ class WorkflowContext:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
-def _observed(task: asyncio.Task[None]) -> None:
+def _observed(task: asyncio.Future[None]) -> None:
     if not task.cancelled():
         task.exception()
 

@@ -503,7 +503,9 @@ class Perdure(QueueAdmin, Manager):
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if (ctx.cancel_reason is None and ctx.lost is None) or self._closing:
-                    raise  # shutdown: stay PENDING, to be recovered
+                    # Shutdown: stay PENDING, to be recovered, with every step that ran checkpointed.
+                    await ctx.settle_quietly()
+                    raise
                 if task is not None:
                     task.uncancel()
                 # A checkpoint still committing lands before the run counts as ended (and can be resumed).
@@ -560,13 +562,15 @@ class Perdure(QueueAdmin, Manager):
             # A checkpoint refused (cancelled, or owned elsewhere now) outranks the body's own error.
             await ctx.settle_all()
             raise
-        await ctx.settle_all()
+        await ctx.settle_all(launch=False)  # the deferred ones share the outcome's commit (_finish)
         return value
 
     async def _finish(self, run: _Run, status: str, output: str | None, value: Any) -> tuple[str, Any]:
         ctx = run.ctx
         error = dump_error(value) if status == "ERROR" else None
-        finish = self._store.workflow_finish(ctx.workflow_id, self.executor_id, status, output, error)
+        # The run's deferred checkpoints go first in the outcome's own commit.
+        steps = ctx.take_deferred()
+        finish = self._store.workflow_finish(ctx.workflow_id, self.executor_id, status, output, error, steps=steps)
         try:
             # Awaited directly (not gathered) so the write is queued in this loop iteration and can share
             # the commit of an insert queued just before it.
@@ -581,6 +585,9 @@ class Perdure(QueueAdmin, Manager):
             )
             return ("ERROR", exc)
         if result == "ok":
+            return (status, value)
+        if result == "conflict":  # written, but a deferred step found another operation at its position
+            log.error("perdure: workflow %s finished, but a checkpoint of it conflicts with another", ctx.workflow_id)
             return (status, value)
         if result == "cancelled":
             return ("CANCELLED", None)

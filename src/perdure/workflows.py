@@ -425,7 +425,7 @@ async def durable_call(
     record = ctx.step_record(
         pos, name, args_hash=args_fingerprint, output=output, attempts=tries[0], started_at=started
     )
-    if ctx.store.commits_off_loop and not ctx.is_sync:
+    if not ctx.is_sync:
         ctx.record_soon(record)  # committed before this run's next durable operation starts
     else:
         await ctx.record(record)

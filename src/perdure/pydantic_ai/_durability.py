@@ -355,7 +355,10 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
     async def before_output_process(
         self, ctx: RunContext[AgentDepsT], *, output_context: OutputContext, output: Any
     ) -> Any:
-        await _settle_checkpoints()
+        # With no output function or validator, processing only parses the model's output: the final
+        # model response can then share its commit with the run's outcome (on SQLite).
+        if output_context.has_function or _has_output_validators(ctx.agent):
+            await _settle_checkpoints()
         return output
 
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
@@ -363,6 +366,13 @@ class PerdureDurability(BaseDurabilityCapability[AgentDepsT]):
             return await super().wrap_run(ctx, handler=handler)
         with _durable_graph_sleep(), external_event_scope(PerdureEventWaiter(self.name)):
             return await super().wrap_run(ctx, handler=handler)
+
+
+def _has_output_validators(agent: object) -> bool:
+    # pydantic-ai has no public accessor for an agent's `@output_validator`s; where its private list is
+    # not found (another agent class, another version), assume there are some.
+    validators = getattr(agent, "_output_validators", None)
+    return validators is None or bool(validators)
 
 
 async def _settle_checkpoints() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -189,9 +190,21 @@ class Store(Protocol):
     async def workflow_list(self, flt: WorkflowFilter) -> list[WorkflowRecord]: ...
 
     async def workflow_finish(
-        self, workflow_id: str, executor_id: str, status: str, output: str | None, error: str | None
+        self,
+        workflow_id: str,
+        executor_id: str,
+        status: str,
+        output: str | None,
+        error: str | None,
+        *,
+        steps: Sequence[StepRecord] = (),
     ) -> GuardOutcome:
-        """Write the outcome while the workflow is PENDING and owned by `executor_id`."""
+        """Write the outcome while the workflow is PENDING and owned by `executor_id`.
+
+        `steps`: checkpoints of the run not written yet, written first in the same transaction, each as
+        `step_record` would (same guard, so all are written with the outcome or none is). "conflict": the
+        outcome was written, but a step's position held another operation already.
+        """
 
     async def workflow_watch(self, workflow_id: str) -> None:
         """Ask that this workflow's finish wake waiters in other processes.

@@ -21,7 +21,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -428,10 +428,18 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
         return "ok"
 
     async def workflow_finish(
-        self, workflow_id: str, executor_id: str, status: str, output: str | None, error: str | None
+        self,
+        workflow_id: str,
+        executor_id: str,
+        status: str,
+        output: str | None,
+        error: str | None,
+        *,
+        steps: Sequence[StepRecord] = (),
     ) -> GuardOutcome:
         params = {"status": status, "output": output, "error": error, "t": now_ms(), "id": workflow_id}
         params["executor"] = executor_id
+        step_values = [step_guarded_values(record, executor_id) for record in steps]
 
         if self.notifies_other_processes:
             params["channel"], params["key"] = self.channel, workflow_key(workflow_id)
@@ -440,16 +448,26 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
             sql = self.q.WORKFLOW_FINISH
 
         async def op(conn: Conn) -> Final:
+            # The steps' guard is the outcome's: all pass (PENDING and ours) in this transaction, or none.
+            step_cursors = [await conn.execute(self.q.STEP_INSERT_GUARDED, values) for values in step_values]
             cur = await conn.execute(sql, params)
 
-            async def done() -> int:
-                return cur.rowcount
+            async def done() -> tuple[int, list[int]]:
+                return cur.rowcount, [c.rowcount for c in step_cursors]
 
             return done
 
-        rowcount = await self._write(op, single=True)
+        # With steps, several statements write: one transaction (BEGIN ... COMMIT in the batch).
+        rowcount, step_rows = await self._write(op, single=not steps)
         self.notifier.fire([workflow_key(workflow_id)])
-        return "ok" if rowcount == 1 else await self._why_not(workflow_id, executor_id)
+        if rowcount != 1:
+            return await self._why_not(workflow_id, executor_id)
+        for record, inserted in zip(steps, step_rows, strict=True):
+            if inserted != 1:  # there already: the same operation (a retried write), or not
+                row = await self._read_one(self.q.STEP_NAME, (record.workflow_id, record.step_id))
+                if row is None or row["name"] != record.name:
+                    return "conflict"
+        return "ok"
 
     async def workflow_watch(self, workflow_id: str) -> None:
         if self.notifies_other_processes:

@@ -16,7 +16,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -325,16 +325,36 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
         return [WorkflowRecord(**dict(r)) for r in self._read_all(sql, params)]
 
     async def workflow_finish(
-        self, workflow_id: str, executor_id: str, status: str, output: str | None, error: str | None
+        self,
+        workflow_id: str,
+        executor_id: str,
+        status: str,
+        output: str | None,
+        error: str | None,
+        *,
+        steps: Sequence[StepRecord] = (),
     ) -> GuardOutcome:
+        step_values = [q.step_guarded_values(record, executor_id) for record in steps]
+
         def op(conn: sqlite3.Connection) -> GuardOutcome:
+            # The steps' guard is the outcome's: all pass (PENDING and ours) in this transaction, or none.
+            missed = [
+                r
+                for r, v in zip(steps, step_values, strict=True)
+                if conn.execute(q.STEP_INSERT_GUARDED, v).rowcount != 1
+            ]
             t = now_ms()
             cur = conn.execute(q.WORKFLOW_FINISH, (status, output, error, t, t, workflow_id, executor_id))
-            if cur.rowcount == 1:
-                return "ok"
-            return _why_not(conn, workflow_id, executor_id)
+            if cur.rowcount != 1:
+                return _why_not(conn, workflow_id, executor_id)
+            for record in missed:  # there already: the same operation (a retried write), or not
+                row = conn.execute(q.STEP_NAME, (record.workflow_id, record.step_id)).fetchone()
+                if row is None or row[0] != record.name:
+                    return "conflict"
+            return "ok"
 
-        outcome = await self._write(op, single=True)
+        # With steps, several statements write: one transaction, rolled back whole if one fails.
+        outcome = await self._write(op, single=not steps, atomic=bool(steps))
         self.notifier.fire([workflow_key(workflow_id)])
         return outcome
 
