@@ -199,6 +199,7 @@ class WorkflowContext:
         Checkpoints queued while it waits belong to operations running alongside (parallel tool calls),
         not before, so it does not wait for those. `launch=False`: leave the deferred ones unwritten.
         """
+        horizon = self._queued  # before any wait: what is queued while this waits is not "before"
         if launch and self.deferred:
             if len(self.deferred) == 1 and not self.store.commits_off_loop:
                 await self._write_deferred()
@@ -206,7 +207,6 @@ class WorkflowContext:
                 self._launch_deferred()
         if not self.unsettled:
             return
-        horizon = self._queued
         while True:
             task = next((t for n, t in self.unsettled if n < horizon), None)
             if task is None:
