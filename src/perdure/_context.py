@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -155,7 +156,12 @@ class WorkflowContext:
         try:
             self._apply(await self.store.step_record(record, self.executor_id), record)
         except asyncio.CancelledError:
-            written.cancel()
+            # The caller was cancelled (a timeout, say), not the write: the store may still commit it.
+            # Write it again in the background (the same record: idempotent), so the run's later
+            # operations, and those waiting for it now, get its real outcome, not the cancellation.
+            task = self.loop.create_task(self._record_in_background(record))
+            task.add_done_callback(functools.partial(_pass_on, to=written))
+            self.unsettled = [(n, task if f is written else f) for n, f in self.unsettled]
             raise
         except BaseException as exc:
             written.set_exception(exc)
@@ -288,6 +294,17 @@ class WorkflowContext:
     def blocking(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run an engine coroutine from a sync workflow's thread and wait for it."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def _pass_on(done: asyncio.Future[None], *, to: asyncio.Future[None]) -> None:
+    if to.done():
+        return
+    if done.cancelled():
+        to.cancel()
+    elif (exc := done.exception()) is not None:
+        to.set_exception(exc)
+    else:
+        to.set_result(None)
 
 
 def _observed(task: asyncio.Future[None]) -> None:

@@ -586,9 +586,6 @@ class Perdure(QueueAdmin, Manager):
             return ("ERROR", exc)
         if result == "ok":
             return (status, value)
-        if result == "conflict":  # written, but a deferred step found another operation at its position
-            log.error("perdure: workflow %s finished, but a checkpoint of it conflicts with another", ctx.workflow_id)
-            return (status, value)
         if result == "cancelled":
             return ("CANCELLED", None)
         log.warning(

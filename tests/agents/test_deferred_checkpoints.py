@@ -7,16 +7,21 @@ The tests force that mode on PostgreSQL too (`commits_off_loop = False`), so bot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from typing import Any
 
+import pytest
 from pydantic_ai import Agent
 from pydantic_ai.capabilities import ProcessHistory
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
 
-from perdure import Perdure, WorkflowStatus
+import perdure
+from perdure import Perdure, WorkflowStatus, workflow
 from perdure.pydantic_ai import DurableAgent
+from perdure.workflows import durable_call
 
 seed = DurableAgent(Agent(TestModel(), instructions="You're an expert in geography.", name="deferred_seed"))
 
@@ -41,7 +46,7 @@ async def test_a_seed_agent_run_is_one_commit(db_url: str) -> None:
 
 
 CALLS: Counter[str] = Counter()
-GATES: dict[str, asyncio.Event] = {}  # "reached", "release": made per test, on its loop
+GATES: dict[str, asyncio.Event] = {}  # made per test, on its loop
 
 
 async def turn_script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -96,3 +101,99 @@ async def test_a_shutdown_between_steps_writes_the_deferred_checkpoint_first(db_
         "deferred_held__model.request",
     ]
     assert dict(CALLS) == {"model-1": 1, "lookup": 1, "model-3": 1}
+
+
+async def quick_body() -> str:
+    return "x"
+
+
+@perdure.step
+async def after_the_cancel() -> str:
+    return "after"
+
+
+@workflow(name="deferred.cancelled_wait")
+async def cancelled_wait() -> str:
+    await durable_call("first", quick_body, defer_checkpoint=True)  # its checkpoint waits (deferred)
+    # The next operation is cancelled while it writes that checkpoint (a timeout around it, say).
+    waiting = asyncio.ensure_future(durable_call("second", quick_body, defer_checkpoint=True))
+    await GATES["writing"].wait()
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    return await after_the_cancel()
+
+
+async def test_a_cancelled_wait_for_a_deferred_checkpoint_does_not_stop_the_run(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    GATES.update(writing=asyncio.Event())
+    async with Perdure(db_url, maintenance_interval=3600) as app:
+        app.store.commits_off_loop = False
+        real = app.store.step_record
+
+        async def slow(record: Any, executor_id: str) -> Any:
+            GATES["writing"].set()
+            await asyncio.sleep(0.05)  # the cancel lands here, mid-write
+            return await real(record, executor_id)
+
+        monkeypatch.setattr(app.store, "step_record", slow)
+        handle = await app.start(cancelled_wait, workflow_id="deferred-cancelled-wait")
+        async with asyncio.timeout(30):
+            assert await handle.result() == "after"
+        names = {s.step_id: s.name for s in await app.list_steps("deferred-cancelled-wait")}
+    # The cancelled write was made again in the background; the operation that was cancelled took
+    # position 1 and never ran.
+    assert names == {0: "first", 2: "after_the_cancel"}
+
+
+SEEN_BY_SIBLING: list[bool] = []
+
+
+async def two_tools(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if len(messages) == 1:
+        return ModelResponse(
+            parts=[
+                ToolCallPart("send_note", {"to": "a"}, tool_call_id="n1"),
+                ToolCallPart("long_lookup", {"q": "b"}, tool_call_id="n2"),
+            ]
+        )
+    return ModelResponse(parts=[TextPart("done")])
+
+
+async def send_note(to: str) -> str:
+    await GATES["started"].wait()  # finishes while its sibling runs
+    CALLS["send_note"] += 1
+    GATES["sent"].set()
+    return "sent"
+
+
+async def long_lookup(q: str) -> str:
+    # Still running after its sibling finished: the sibling's checkpoint must not wait for this one.
+    GATES["started"].set()
+    await GATES["sent"].wait()
+    app = APPS[0]
+    async with asyncio.timeout(5):
+        while not any(s.name.endswith("call_tool:send_note") for s in await app.list_steps(RUN)):
+            await asyncio.sleep(0.01)
+    SEEN_BY_SIBLING.append(True)
+    return "found"
+
+
+APPS: list[Perdure] = []
+RUN = "deferred-siblings"
+siblings = DurableAgent(Agent(FunctionModel(two_tools), name="deferred_siblings", tools=[send_note, long_lookup]))
+
+
+async def test_a_finished_tools_checkpoint_does_not_wait_for_the_tools_beside_it(db_url: str) -> None:
+    CALLS.clear()
+    SEEN_BY_SIBLING.clear()
+    GATES.update(started=asyncio.Event(), sent=asyncio.Event())
+    async with Perdure(db_url, maintenance_interval=3600) as app:
+        app.store.commits_off_loop = False
+        APPS[:] = [app]
+        async with asyncio.timeout(30):
+            result = await siblings.run("go", workflow_id=RUN)
+    assert result.output == "done"
+    assert SEEN_BY_SIBLING == [True]
+    assert CALLS["send_note"] == 1
