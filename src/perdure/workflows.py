@@ -396,8 +396,14 @@ async def durable_call(
     *,
     options: StepOptions | None = None,
     args_fingerprint: str | None = None,
+    defer_checkpoint: bool = False,
 ) -> Any:
     """Run `body()` once as a step named `name` at the next position; replay its JSON result after.
+
+    `defer_checkpoint`: the result only feeds code that prepares the run's next step (a model request
+    for pydantic-ai's graph), so on a store that commits on the loop thread its checkpoint may wait for
+    the run's next durable operation or outcome (`WorkflowContext.record_soon`). Where a commit waits
+    off the loop, every such step's write starts at once and overlaps what follows, deferred or not.
 
     For integrations (the Pydantic AI capability) that hand the engine a callback. The result must be
     JSON-ready (dicts, lists, strings, numbers); it is replayed as loaded from JSON.
@@ -425,7 +431,7 @@ async def durable_call(
     record = ctx.step_record(
         pos, name, args_hash=args_fingerprint, output=output, attempts=tries[0], started_at=started
     )
-    if not ctx.is_sync:
+    if not ctx.is_sync and (defer_checkpoint or ctx.store.commits_off_loop):
         ctx.record_soon(record)  # committed before this run's next durable operation starts
     else:
         await ctx.record(record)

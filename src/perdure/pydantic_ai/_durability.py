@@ -119,7 +119,10 @@ class PerdureOperationBackend(JournalCallableOperationBackend[StepConfig]):
         options = step_options(config)
         run_ctx = _tool_run_context(operation_id, cache_key)
         if run_ctx is None:
-            return await durable_call(name, body, options=options)
+            # Model requests, discovery, event handlers: what they return only feeds the graph's next
+            # step. A tool's checkpoint is written before the call returns (it may have side effects
+            # that must not run again while siblings still run).
+            return await durable_call(name, body, options=options, defer_checkpoint=True)
         # A tool may run other agents with `usage=ctx.usage`. Their usage is recorded with the tool's
         # checkpoint and added back when the checkpoint is replayed, so the run's usage stays complete.
         executed = False
