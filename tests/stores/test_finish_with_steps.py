@@ -1,7 +1,8 @@
 """`Store.workflow_finish(..., steps=...)`: a run's last checkpoints and its outcome in one transaction.
 
 On both stores: they share one commit; a refused outcome writes none of them; written again (a retry
-after a lost answer) it answers "ok"; a position that holds another operation answers "conflict".
+after a lost answer) it answers "ok"; a position that holds another operation answers "conflict", and
+the outcome is not written.
 """
 
 from __future__ import annotations
@@ -86,14 +87,14 @@ async def test_an_outcome_written_again_with_its_checkpoints_answers_ok(store: S
     assert [s.name for s in await store.step_list("fin-again")] == ["a"]
 
 
-async def test_a_position_holding_another_operation_is_a_conflict(store: Store) -> None:
+async def test_a_position_holding_another_operation_is_a_conflict_and_no_outcome(store: Store) -> None:
     await running(store, "fin-conflict")
     assert await store.step_record(step("fin-conflict", 0, "a"), EXECUTOR) == "ok"
     outcome = await store.workflow_finish(
         "fin-conflict", EXECUTOR, "SUCCESS", '"done"', None, steps=[step("fin-conflict", 0, "b")]
     )
+    # As a lone checkpoint write would: refused, the run stays unfinished, the step is never overwritten.
     assert outcome == "conflict"
-    # The outcome is written (the run did finish); the recorded step is never overwritten.
     assert [s.name for s in await store.step_list("fin-conflict")] == ["a"]
-    finished = await store.workflow_get("fin-conflict")
-    assert finished is not None and finished.status == "SUCCESS"
+    pending = await store.workflow_get("fin-conflict")
+    assert pending is not None and pending.status == "PENDING"

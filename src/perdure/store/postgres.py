@@ -437,37 +437,40 @@ class PostgresStore(PostgresMessaging, PostgresQueues):
         *,
         steps: Sequence[StepRecord] = (),
     ) -> GuardOutcome:
-        params = {"status": status, "output": output, "error": error, "t": now_ms(), "id": workflow_id}
-        params["executor"] = executor_id
+        params: dict[str, Any] = {"status": status, "output": output, "error": error, "t": now_ms()}
+        params["id"], params["executor"] = workflow_id, executor_id
         step_values = [step_guarded_values(record, executor_id) for record in steps]
 
+        if steps:
+            params["step_ids"] = [record.step_id for record in steps]
+            params["step_names"] = [record.name for record in steps]
         if self.notifies_other_processes:
             params["channel"], params["key"] = self.channel, workflow_key(workflow_id)
-            sql = self.q.WORKFLOW_FINISH_NOTIFY  # one statement: the update, and a NOTIFY only if it updated
+            # One statement: the update, and a NOTIFY only if it updated.
+            sql = self.q.WORKFLOW_FINISH_STEPS_NOTIFY if steps else self.q.WORKFLOW_FINISH_NOTIFY
         else:
-            sql = self.q.WORKFLOW_FINISH
+            sql = self.q.WORKFLOW_FINISH_STEPS if steps else self.q.WORKFLOW_FINISH
 
         async def op(conn: Conn) -> Final:
             # The steps' guard is the outcome's: all pass (PENDING and ours) in this transaction, or none.
-            step_cursors = [await conn.execute(self.q.STEP_INSERT_GUARDED, values) for values in step_values]
+            for values in step_values:
+                await conn.execute(self.q.STEP_INSERT_GUARDED, values)
             cur = await conn.execute(sql, params)
 
-            async def done() -> tuple[int, list[int]]:
-                return cur.rowcount, [c.rowcount for c in step_cursors]
+            async def done() -> int:
+                return cur.rowcount
 
             return done
 
         # With steps, several statements write: one transaction (BEGIN ... COMMIT in the batch).
-        rowcount, step_rows = await self._write(op, single=not steps)
+        rowcount = await self._write(op, single=not steps)
         self.notifier.fire([workflow_key(workflow_id)])
-        if rowcount != 1:
-            return await self._why_not(workflow_id, executor_id)
-        for record, inserted in zip(steps, step_rows, strict=True):
-            if inserted != 1:  # there already: the same operation (a retried write), or not
-                row = await self._read_one(self.q.STEP_NAME, (record.workflow_id, record.step_id))
-                if row is None or row["name"] != record.name:
-                    return "conflict"
-        return "ok"
+        if rowcount == 1:
+            return "ok"
+        why = await self._why_not(workflow_id, executor_id)
+        if why == "ok":  # ours and running: not written because a position holds another operation
+            return "conflict"
+        return why
 
     async def workflow_watch(self, workflow_id: str) -> None:
         if self.notifies_other_processes:

@@ -338,19 +338,20 @@ class SQLiteStore(SQLiteMessaging, SQLiteQueues):
 
         def op(conn: sqlite3.Connection) -> GuardOutcome:
             # The steps' guard is the outcome's: all pass (PENDING and ours) in this transaction, or none.
-            missed = [
-                r
-                for r, v in zip(steps, step_values, strict=True)
-                if conn.execute(q.STEP_INSERT_GUARDED, v).rowcount != 1
-            ]
+            conflict = False
+            for record, values in zip(steps, step_values, strict=True):
+                if conn.execute(q.STEP_INSERT_GUARDED, values).rowcount != 1:
+                    # Not inserted: refused (the outcome's guard answers), there already (a retried write),
+                    # or its position holds another operation: then no outcome is written.
+                    row = conn.execute(q.STEP_NAME, (record.workflow_id, record.step_id)).fetchone()
+                    conflict = conflict or (row is not None and row[0] != record.name)
+            if conflict:
+                why = _why_not(conn, workflow_id, executor_id)
+                return "conflict" if why == "ok" else why
             t = now_ms()
             cur = conn.execute(q.WORKFLOW_FINISH, (status, output, error, t, t, workflow_id, executor_id))
             if cur.rowcount != 1:
                 return _why_not(conn, workflow_id, executor_id)
-            for record in missed:  # there already: the same operation (a retried write), or not
-                row = conn.execute(q.STEP_NAME, (record.workflow_id, record.step_id)).fetchone()
-                if row is None or row[0] != record.name:
-                    return "conflict"
             return "ok"
 
         # With steps, several statements write: one transaction, rolled back whole if one fails.

@@ -12,6 +12,28 @@ _E = ", ".join(EXECUTOR_COLUMNS)
 _TERMINAL = "('SUCCESS', 'ERROR', 'CANCELLED', 'RETRIES_EXCEEDED')"
 _RESUMABLE = "('CANCELLED', 'ERROR', 'RETRIES_EXCEEDED')"
 
+_FINISH = """
+    UPDATE {s}.workflows SET status = %(status)s, output = %(output)s, error = %(error)s,
+        completed_at = %(t)s, updated_at = %(t)s, dedup_key = NULL
+    WHERE workflow_id = %(id)s AND executor_id = %(executor)s AND (status = 'PENDING' OR status = %(status)s)
+"""
+_STEPS_AGREE = """
+    AND NOT EXISTS (
+        SELECT 1 FROM {s}.steps st
+        JOIN unnest(%(step_ids)s::bigint[], %(step_names)s::text[]) AS w(step_id, name) ON st.step_id = w.step_id
+        WHERE st.workflow_id = %(id)s AND st.name <> w.name
+    )
+"""
+
+
+def _notifying(update: str) -> str:
+    """`update`, and a NOTIFY only if it updated a watched run: one statement."""
+    return (
+        f"WITH finished AS ({update} RETURNING watched) "
+        "SELECT CASE WHEN watched THEN pg_notify(%(channel)s, %(key)s) END FROM finished"
+    )
+
+
 _TEMPLATES = dict(
     SCHEMA_CREATE="CREATE SCHEMA IF NOT EXISTS {s}",
     MIGRATION_LOCK="SELECT pg_advisory_xact_lock(hashtext('perdure-migrate:' || %s))",
@@ -29,22 +51,14 @@ _TEMPLATES = dict(
         f"INSERT INTO {{s}}.workflows ({_W}) VALUES ({', '.join(['%s'] * len(WORKFLOW_COLUMNS))}) "
         "ON CONFLICT (workflow_id) DO NOTHING"
     ),
-    WORKFLOW_FINISH="""
-        UPDATE {s}.workflows SET status = %(status)s, output = %(output)s, error = %(error)s,
-            completed_at = %(t)s, updated_at = %(t)s, dedup_key = NULL
-        WHERE workflow_id = %(id)s AND executor_id = %(executor)s AND (status = 'PENDING' OR status = %(status)s)
-    """,
+    WORKFLOW_FINISH=_FINISH,
+    # The run's last checkpoints were inserted just before, in the same transaction: no outcome over a
+    # position that held another operation already (the insert left that one in place).
+    WORKFLOW_FINISH_STEPS=_FINISH + _STEPS_AGREE,
     # Only a watched run (someone in some process waits for it: WORKFLOW_WATCH) is announced. The row lock
     # orders a watch and a finish: either the finish sees the flag, or the watcher's re-check sees the end.
-    WORKFLOW_FINISH_NOTIFY="""
-        WITH finished AS (
-            UPDATE {s}.workflows SET status = %(status)s, output = %(output)s, error = %(error)s,
-                completed_at = %(t)s, updated_at = %(t)s, dedup_key = NULL
-            WHERE workflow_id = %(id)s AND executor_id = %(executor)s AND (status = 'PENDING' OR status = %(status)s)
-            RETURNING watched
-        )
-        SELECT CASE WHEN watched THEN pg_notify(%(channel)s, %(key)s) END FROM finished
-    """,
+    WORKFLOW_FINISH_NOTIFY=_notifying(_FINISH),
+    WORKFLOW_FINISH_STEPS_NOTIFY=_notifying(_FINISH + _STEPS_AGREE),
     WORKFLOW_WATCH=f"""
         UPDATE {{s}}.workflows SET watched = true
         WHERE workflow_id = %s AND NOT watched AND status NOT IN {_TERMINAL}
