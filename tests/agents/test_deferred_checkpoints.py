@@ -62,7 +62,7 @@ async def lookup(city: str) -> str:
 
 
 async def hold_second_request(messages: list[ModelMessage]) -> list[ModelMessage]:
-    # Runs before each model request, in the workflow: the tool's checkpoint is still deferred here.
+    # Runs before each model request, in the workflow, after the tool's checkpoint.
     if len(messages) > 1 and not GATES["reached"].is_set():
         GATES["reached"].set()
         await GATES["release"].wait()
@@ -87,8 +87,8 @@ async def test_a_shutdown_between_steps_writes_the_deferred_checkpoint_first(db_
         handle = await held.start("Where is Guadalajara?", workflow_id="deferred-shutdown")
         async with asyncio.timeout(30):
             await GATES["reached"].wait()
-    # The process let go of the run between the tool and the next model request: the tool's checkpoint
-    # was written on the way out, so the run resumes after it.
+    # The process let go of the run between the tool and the next model request: the run resumes after
+    # the tool.
     GATES["release"].set()
     async with Perdure(db_url, maintenance_interval=3600) as app:
         async with asyncio.timeout(30):
@@ -197,3 +197,37 @@ async def test_a_finished_tools_checkpoint_does_not_wait_for_the_tools_beside_it
     assert result.output == "done"
     assert SEEN_BY_SIBLING == [True]
     assert CALLS["send_note"] == 1
+
+
+BODIES: Counter[str] = Counter()
+
+
+async def counted_body() -> str:
+    BODIES["first"] += 1
+    return "x"
+
+
+@workflow(name="deferred.shutdown_between")
+async def shutdown_between() -> str:
+    await durable_call("first", counted_body, defer_checkpoint=True)  # its checkpoint waits (deferred)
+    if not GATES["reached"].is_set():
+        GATES["reached"].set()
+        await GATES["release"].wait()  # not a durable operation: the checkpoint is still deferred here
+    return await after_the_cancel()
+
+
+async def test_a_shutdown_writes_a_deferred_checkpoint_before_it_lets_go(db_url: str) -> None:
+    BODIES.clear()
+    GATES.update(reached=asyncio.Event(), release=asyncio.Event())
+    async with Perdure(db_url, maintenance_interval=3600) as app:
+        app.store.commits_off_loop = False
+        handle = await app.start(shutdown_between, workflow_id="deferred-shutdown-between")
+        async with asyncio.timeout(30):
+            await GATES["reached"].wait()
+    GATES["release"].set()
+    async with Perdure(db_url, maintenance_interval=3600) as app:
+        async with asyncio.timeout(30):
+            assert await (await app.retrieve(handle.workflow_id)).result() == "after"
+        names = [s.name for s in await app.list_steps(handle.workflow_id)]
+    assert names == ["first", "after_the_cancel"]
+    assert BODIES["first"] == 1  # recovery replayed it from the checkpoint written on the way out
