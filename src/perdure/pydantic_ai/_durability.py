@@ -27,9 +27,14 @@ from pydantic_ai.durable_exec import (
     BaseDurabilityCapability,
     DurabilityEngineSpec,
     DurableOperationId,
+    EventStreamHandlerId,
     JournalCallableOperationBackend,
+    ModelCompactMessagesId,
+    ModelRequestId,
     RoleBasedOperationConfig,
     ToolsetCallToolId,
+    ToolsetGetInstructionsId,
+    ToolsetGetToolsId,
     ToolsetKind,
     ToolsetValidateToolArgumentsId,
     conversation_id_from_run_id,
@@ -119,10 +124,11 @@ class PerdureOperationBackend(JournalCallableOperationBackend[StepConfig]):
         options = step_options(config)
         run_ctx = _tool_run_context(operation_id, cache_key)
         if run_ctx is None:
-            # Model requests, discovery, event handlers: what they return only feeds the graph's next
-            # step. A tool's checkpoint is written before the call returns (it may have side effects
-            # that must not run again while siblings still run).
-            return await durable_call(name, body, options=options, defer_checkpoint=True)
+            # Model requests, discovery and event handlers: what they return only feeds the graph's next
+            # step, so on SQLite their checkpoint may wait for it. Tools and capability operations may
+            # have side effects that must not run again while other work goes on: written at once.
+            defer = isinstance(operation_id, _DEFERRABLE)
+            return await durable_call(name, body, options=options, defer_checkpoint=defer)
         # A tool may run other agents with `usage=ctx.usage`. Their usage is recorded with the tool's
         # checkpoint and added back when the checkpoint is replayed, so the run's usage stays complete.
         executed = False
@@ -157,6 +163,13 @@ class PerdureOperationBackend(JournalCallableOperationBackend[StepConfig]):
         return payload["result"]
 
 
+_DEFERRABLE = (
+    ModelRequestId,
+    ModelCompactMessagesId,
+    ToolsetGetToolsId,
+    ToolsetGetInstructionsId,
+    EventStreamHandlerId,
+)
 _USAGE: TypeAdapter[RunUsage] = TypeAdapter(RunUsage)
 _RESPONSE: TypeAdapter[ModelResponse] = TypeAdapter(ModelResponse)
 MODEL_STEP_SUFFIXES = ("__model.request", "__model.request_stream")

@@ -202,9 +202,9 @@ class Store(Protocol):
         """Write the outcome while the workflow is PENDING and owned by `executor_id`.
 
         `steps`: checkpoints of the run not written yet, written first in the same transaction, each as
-        `step_record` would (same guard, so all are written with the outcome or none is). "conflict": a
-        step's position held another operation already; the outcome is not written (as `step_record`'s
-        "conflict" stops a run).
+        `step_record` would, under the outcome's guard: a refused run gets none of them and no outcome.
+        "conflict": a step's position held another operation already; the outcome is not written (as
+        `step_record`'s "conflict" stops a run), the other steps are.
         """
 
     async def workflow_watch(self, workflow_id: str) -> None:
