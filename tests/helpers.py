@@ -1,4 +1,4 @@
-"""Helpers shared by tests: spying on wake-ups and reading the system database directly."""
+"""Helpers shared by tests: spying on wake-ups, reading the system database directly, store records."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from perdure import Perdure
+from perdure.store.base import WorkflowRecord, WorkflowStatus, now_ms
 
 
 def waiting_on(app: Perdure, key: str) -> asyncio.Event:
@@ -30,3 +31,17 @@ async def query(app: Perdure, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         rows = await store._read_all(sql.replace("{s}", store.schema + ".").replace("?", "%s"), params)
         return [tuple(r.values()) for r in rows]
     return [tuple(r) for r in store._read_all(sql.replace("{s}", ""), params)]
+
+
+def pending_workflow(workflow_id: str, name: str, **fields: Any) -> WorkflowRecord:
+    """A PENDING workflow row as a store test inserts it (`fields`: executor_id, started_at, ...)."""
+    t = now_ms()
+    return WorkflowRecord(
+        workflow_id=workflow_id,
+        name=name,
+        status=WorkflowStatus.PENDING,
+        inputs="{}",
+        created_at=t,
+        updated_at=t,
+        **fields,
+    )

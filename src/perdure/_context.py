@@ -134,9 +134,12 @@ class WorkflowContext:
             self.deferred.append((serial, record))
 
     def _launch(self, serial: int, record: StepRecord) -> None:
+        self.unsettled.append((serial, self._write_in_background(record)))
+
+    def _write_in_background(self, record: StepRecord) -> asyncio.Task[None]:
         task = self.loop.create_task(self._record_in_background(record))
         task.add_done_callback(_observed)  # its failure is raised by settle(), or moot if the run ended
-        self.unsettled.append((serial, task))
+        return task
 
     def _launch_deferred(self) -> None:
         # Launched together, in one loop turn: their writes share a commit.
@@ -159,7 +162,7 @@ class WorkflowContext:
             # The caller was cancelled (a timeout, say), not the write: the store may still commit it.
             # Write it again in the background (the same record: idempotent), so the run's later
             # operations, and those waiting for it now, get its real outcome, not the cancellation.
-            task = self.loop.create_task(self._record_in_background(record))
+            task = self._write_in_background(record)
             task.add_done_callback(functools.partial(_pass_on, to=written))
             self.unsettled = [(n, task if f is written else f) for n, f in self.unsettled]
             raise
@@ -206,8 +209,8 @@ class WorkflowContext:
         not before, so it does not wait for those. `launch=False`: leave the deferred ones unwritten.
         """
         horizon = self._queued  # before any wait: what is queued while this waits is not "before"
-        if launch and self.deferred:
-            if len(self.deferred) == 1 and not self.store.commits_off_loop:
+        if launch and self.deferred:  # (only ever on a store that commits on the loop thread)
+            if len(self.deferred) == 1:
                 await self._write_deferred()
             else:
                 self._launch_deferred()

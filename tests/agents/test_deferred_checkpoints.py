@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,13 +24,22 @@ from perdure import Perdure, WorkflowStatus, workflow
 from perdure.pydantic_ai import DurableAgent
 from perdure.workflows import durable_call
 
+
+@contextlib.asynccontextmanager
+async def deferring(db_url: str) -> AsyncIterator[Perdure]:
+    """A runtime in SQLite's mode on either store (`commits_off_loop = False`), without heartbeats or
+    other maintenance writes in between."""
+    async with Perdure(db_url, maintenance_interval=3600) as app:
+        app.store.commits_off_loop = False
+        yield app
+
+
 seed = DurableAgent(Agent(TestModel(), instructions="You're an expert in geography.", name="deferred_seed"))
 
 
 async def test_a_seed_agent_run_is_one_commit(db_url: str) -> None:
     commits = []
-    async with Perdure(db_url, maintenance_interval=3600) as app:  # no heartbeats in between
-        app.store.commits_off_loop = False
+    async with deferring(db_url) as app:
         # Other writes landing in between (the first dequeues of queues other test modules declare) add
         # commits; one clean run is enough, and without the shared commit no run has fewer than two.
         for _ in range(50):
@@ -82,8 +92,7 @@ held = DurableAgent(
 async def test_a_shutdown_between_steps_writes_the_deferred_checkpoint_first(db_url: str) -> None:
     CALLS.clear()
     GATES.update(reached=asyncio.Event(), release=asyncio.Event())
-    async with Perdure(db_url, maintenance_interval=3600) as app:
-        app.store.commits_off_loop = False
+    async with deferring(db_url) as app:
         handle = await held.start("Where is Guadalajara?", workflow_id="deferred-shutdown")
         async with asyncio.timeout(30):
             await GATES["reached"].wait()
@@ -128,8 +137,7 @@ async def test_a_cancelled_wait_for_a_deferred_checkpoint_does_not_stop_the_run(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     GATES.update(writing=asyncio.Event())
-    async with Perdure(db_url, maintenance_interval=3600) as app:
-        app.store.commits_off_loop = False
+    async with deferring(db_url) as app:
         real = app.store.step_record
 
         async def slow(record: Any, executor_id: str) -> Any:
@@ -189,8 +197,7 @@ async def test_a_finished_tools_checkpoint_does_not_wait_for_the_tools_beside_it
     CALLS.clear()
     SEEN_BY_SIBLING.clear()
     GATES.update(started=asyncio.Event(), sent=asyncio.Event())
-    async with Perdure(db_url, maintenance_interval=3600) as app:
-        app.store.commits_off_loop = False
+    async with deferring(db_url) as app:
         APPS[:] = [app]
         async with asyncio.timeout(30):
             result = await siblings.run("go", workflow_id=RUN)
@@ -219,8 +226,7 @@ async def shutdown_between() -> str:
 async def test_a_shutdown_writes_a_deferred_checkpoint_before_it_lets_go(db_url: str) -> None:
     BODIES.clear()
     GATES.update(reached=asyncio.Event(), release=asyncio.Event())
-    async with Perdure(db_url, maintenance_interval=3600) as app:
-        app.store.commits_off_loop = False
+    async with deferring(db_url) as app:
         handle = await app.start(shutdown_between, workflow_id="deferred-shutdown-between")
         async with asyncio.timeout(30):
             await GATES["reached"].wait()

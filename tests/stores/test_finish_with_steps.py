@@ -2,7 +2,8 @@
 
 On both stores: they share one commit; a refused outcome writes none of them; written again (a retry
 after a lost answer) it answers "ok"; a position that holds another operation answers "conflict", and
-the outcome is not written.
+the outcome is not written. PostgreSQL has a statement for each NOTIFY setting (on by default); the
+last test runs the other.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from helpers import pending_workflow
 from perdure.store import create_store
-from perdure.store.base import StepRecord, Store, WorkflowRecord, WorkflowStatus, now_ms
+from perdure.store.base import StepRecord, Store, now_ms
 
 EXECUTOR = "ex-finish"
 
@@ -28,17 +30,7 @@ async def store(db_url: str) -> AsyncIterator[Store]:
 
 
 async def running(store: Store, workflow_id: str) -> None:
-    t = now_ms()
-    record = WorkflowRecord(
-        workflow_id=workflow_id,
-        name="finish",
-        status=WorkflowStatus.PENDING,
-        inputs="{}",
-        executor_id=EXECUTOR,
-        created_at=t,
-        updated_at=t,
-    )
-    assert (await store.workflow_insert(record)).inserted
+    assert (await store.workflow_insert(pending_workflow(workflow_id, "finish", executor_id=EXECUTOR))).inserted
 
 
 def step(workflow_id: str, position: int, name: str) -> StepRecord:
@@ -98,3 +90,15 @@ async def test_a_position_holding_another_operation_is_a_conflict_and_no_outcome
     assert [s.name for s in await store.step_list("fin-conflict")] == ["a"]
     pending = await store.workflow_get("fin-conflict")
     assert pending is not None and pending.status == "PENDING"
+
+
+@pytest.mark.postgres
+async def test_without_notify_the_outcome_checks_its_checkpoints_the_same(pg_url: str) -> None:
+    store = create_store(f"{pg_url}{'&' if '?' in pg_url else '?'}notify=off")
+    await store.open()
+    try:
+        assert not store.notifies_other_processes
+        await test_the_last_checkpoints_share_the_commit_of_the_outcome(store)
+        await test_a_position_holding_another_operation_is_a_conflict_and_no_outcome(store)
+    finally:
+        await store.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from helpers import pending_workflow
 from perdure import Perdure, WorkflowStatus
 from perdure.store.base import WorkflowRecord, now_ms
 
@@ -20,16 +21,7 @@ pytestmark = pytest.mark.postgres
 
 
 def fresh(workflow_id: str) -> WorkflowRecord:
-    t = now_ms()
-    return WorkflowRecord(
-        workflow_id=workflow_id,
-        name="batches.none",
-        status=WorkflowStatus.PENDING,
-        inputs="{}",
-        created_at=t,
-        updated_at=t,
-        started_at=t,
-    )
+    return pending_workflow(workflow_id, "batches.none", started_at=now_ms())
 
 
 async def test_a_failed_write_rolls_back_the_single_writes_batched_with_it(pg_url: str) -> None:
